@@ -1,0 +1,3 @@
+from ilm.cli import main
+
+main()

@@ -1,0 +1,250 @@
+"""Typed settings: one TOML file in ILM_HOME plus environment variables.
+
+Loaded once by a front-end and passed explicitly; nothing reads it globally.
+
+Precedence: environment variables override the file. ``ILM_HOME`` (default
+``./ilm-demo``) holds ``ilm.toml``; ``ILM_CONFIG`` points at another file.
+``ILM_CATALOG_URL``, ``ILM_DICOM_AE_TITLE``, ``ILM_DICOM_HOST``,
+``ILM_DICOM_PORT``, ``ILM_HTTP_HOST`` and ``ILM_HTTP_PORT`` override single keys.
+Tiers are listed hottest first: their order in the file is their order.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ilm.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "TierSettings",
+    "FilesystemTierSettings",
+    "S3TierSettings",
+    "load_settings",
+    "default_home",
+    "write_default_config",
+    "CONFIG_NAME",
+]
+
+CONFIG_NAME = "ilm.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _TierCommon(_Strict):
+    cost_per_gb_month: float = Field(0.0, ge=0)
+    retrieval_cost_per_gb: float = Field(0.0, ge=0)
+    retrieval_latency_seconds: float = Field(0.0, ge=0)
+    min_storage_days: int = Field(0, ge=0)
+
+
+class FilesystemTierSettings(_TierCommon):
+    kind: Literal["filesystem"]
+    path: str
+    fsync: bool = True
+
+
+class S3TierSettings(_TierCommon):
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    create_bucket: bool = False
+    connect_timeout_seconds: float = Field(5.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+
+
+TierSettings = Annotated[
+    Union[FilesystemTierSettings, S3TierSettings], Field(discriminator="kind")
+]
+
+
+class CatalogSettings(_Strict):
+    url: str = ""
+
+
+class IngestSettings(_Strict):
+    tier: str = ""
+    conflicts_dir: str = "conflicts"
+
+
+class DicomSettings(_Strict):
+    ae_title: str = Field("ILM", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=0, le=65535)
+    maximum_pdu_size: int = Field(0, ge=0)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, v: str) -> str:
+        if not v.strip() or "\\" in v or any(ord(c) < 32 for c in v):
+            raise ValueError("an AE title is 1-16 printable characters without backslash")
+        return v.strip()
+
+
+class HttpSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_request_bytes: int = Field(2 * 1024**3, gt=0)
+
+
+class Settings(_Strict):
+    home: Path
+    config_file: Path | None = None
+    catalog: CatalogSettings = CatalogSettings()
+    ingest: IngestSettings = IngestSettings()
+    dicom: DicomSettings = DicomSettings()
+    http: HttpSettings = HttpSettings()
+    tiers: dict[str, TierSettings] = Field(min_length=1)
+
+    @property
+    def catalog_url(self) -> str:
+        return self.catalog.url or f"sqlite:///{self.home / 'catalog.sqlite'}"
+
+    @property
+    def ingest_tier(self) -> str:
+        return self.ingest.tier or next(iter(self.tiers))
+
+    @property
+    def conflicts_path(self) -> Path:
+        return self.resolve(self.ingest.conflicts_dir)
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to ILM_HOME unless absolute."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.home / p
+
+
+DEFAULT_CONFIG = """\
+# ilm configuration. Environment variables override single keys:
+# ILM_CATALOG_URL, ILM_DICOM_AE_TITLE, ILM_DICOM_HOST, ILM_DICOM_PORT,
+# ILM_HTTP_HOST, ILM_HTTP_PORT. Relative paths are relative to ILM_HOME.
+
+[catalog]
+# SQLAlchemy URL. Empty: an embedded SQLite file in ILM_HOME.
+# PostgreSQL: "postgresql+psycopg://user@127.0.0.1:5432/ilm"
+url = ""
+
+[ingest]
+# The tier new instances are written to (default: the first tier below).
+tier = "hot"
+# Where a file that reuses a stored SOP Instance UID with other content is kept aside.
+conflicts_dir = "conflicts"
+
+[dicom]
+ae_title = "ILM"
+host = "127.0.0.1"     # bind address; 0.0.0.0 to accept from the network
+port = 11112
+maximum_pdu_size = 0    # 0 = unlimited, several times faster for large images
+
+[http]
+host = "127.0.0.1"
+port = 8080
+
+# Tiers, hottest first: their order here is their order in the lifecycle.
+# Costs are per GB-month of storage and per GB retrieved; they drive the cost
+# reports. Prices below are list prices of 2025 (see docs/tiers.md).
+
+[tiers.hot]
+kind = "filesystem"
+path = "tiers/hot"
+cost_per_gb_month = 0.10          # enterprise SAN/NAS, all-in
+retrieval_cost_per_gb = 0.0
+retrieval_latency_seconds = 0
+min_storage_days = 0
+fsync = true                      # flush each object to disk before acknowledging it
+
+[tiers.warm]
+kind = "filesystem"
+path = "tiers/warm"
+cost_per_gb_month = 0.03          # capacity disk
+retrieval_cost_per_gb = 0.0
+retrieval_latency_seconds = 0
+min_storage_days = 0
+
+# An S3 tier (AWS, MinIO, SeaweedFS, ...). Credentials from the keys below or
+# the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables.
+# [tiers.cloud]
+# kind = "s3"
+# bucket = "ilm-archive"
+# prefix = ""
+# endpoint_url = "http://127.0.0.1:8333"
+# region = "us-east-1"
+# cost_per_gb_month = 0.0125      # S3 Standard-IA
+# retrieval_cost_per_gb = 0.01
+# retrieval_latency_seconds = 0
+# min_storage_days = 30
+"""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ILM_HOME") or "ilm-demo").expanduser().absolute()
+
+
+def write_default_config(home: Path, *, overwrite: bool = False) -> Path:
+    """Write the commented default config to ``home/ilm.toml`` and return its path."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / CONFIG_NAME
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists (use --force to overwrite)")
+    path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+    return path
+
+
+_ENV_KEYS = {
+    "ILM_CATALOG_URL": ("catalog", "url"),
+    "ILM_DICOM_AE_TITLE": ("dicom", "ae_title"),
+    "ILM_DICOM_HOST": ("dicom", "host"),
+    "ILM_DICOM_PORT": ("dicom", "port"),
+    "ILM_HTTP_HOST": ("http", "host"),
+    "ILM_HTTP_PORT": ("http", "port"),
+}
+
+
+def load_settings(
+    home: Path | None = None,
+    config_file: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Read and validate the config; raise ConfigError naming file, key and problem."""
+    env = dict(os.environ) if env is None else env
+    home = (home or Path(env.get("ILM_HOME") or "ilm-demo")).expanduser().absolute()
+    path = config_file or (Path(env["ILM_CONFIG"]) if env.get("ILM_CONFIG") else home / CONFIG_NAME)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (run 'ilm init' to write a default)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    for var, (section, key) in _ENV_KEYS.items():
+        if env.get(var):
+            raw.setdefault(section, {})
+            if isinstance(raw[section], dict):
+                raw[section][key] = env[var]
+    for reserved in ("home", "config_file"):
+        if reserved in raw:
+            raise ConfigError(f"{path}: key '{reserved}': not allowed in the file")
+    try:
+        settings = Settings(home=home, config_file=path, **raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"] if not str(p) in ("filesystem", "s3"))
+        raise ConfigError(f"{path}: key '{loc}': {err['msg']}") from None
+    if settings.ingest.tier and settings.ingest.tier not in settings.tiers:
+        raise ConfigError(
+            f"{path}: key 'ingest.tier': no tier named {settings.ingest.tier!r} "
+            f"(tiers: {', '.join(settings.tiers)})"
+        )
+    return settings

@@ -1,0 +1,1 @@
+"""DICOM: attribute extraction (pydicom) and the network front-end (pynetdicom)."""

@@ -1,0 +1,216 @@
+"""Read what the catalog needs from a DICOM file, and refuse what cannot be stored.
+
+``read_instance`` takes the bytes of a file (or of a dataset plus its file meta,
+as a C-STORE delivers them) and returns the facts and the exact bytes to store.
+A Part 10 file is stored byte for byte as received; a bare dataset without a
+file meta header gets one, so every stored object is a valid Part 10 file.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from datetime import date
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    PYDICOM_IMPLEMENTATION_UID,
+)
+
+from ilm.errors import InvalidUID, RejectedInstance
+from ilm.models import InstanceFacts
+from ilm.uids import validate_uid
+
+__all__ = ["read_instance", "part10_bytes", "parse_da", "facts_from_dataset"]
+
+_UNDEFINED = 0xFFFFFFFF
+_DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
+_LOSSY_TS = {
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203",
+}
+
+
+def parse_da(value: str) -> date | None:
+    """A DICOM DA (YYYYMMDD, or the old YYYY.MM.DD) as a date; None when absent or invalid."""
+    text = (value or "").strip().replace(".", "").replace("-", "")
+    m = _DA.fullmatch(text)
+    if not m:
+        return None
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3]))
+    except ValueError:
+        return None
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 256) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value of one attribute must not sink the instance
+        return ""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text.replace("\x00", "").strip()[:limit]
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    """A UID as sent, only its trailing padding removed: an inner NUL must fail validation."""
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return "\x00invalid"
+    return "" if value is None else str(value).rstrip("\x00 ")
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:
+        return None
+
+
+def _check_complete(ds: Dataset, total: int, what: str) -> None:
+    """Refuse a dataset whose last element claims more bytes than were received.
+
+    pydicom returns a short value for a truncated file without complaint; a
+    stored half image would be a lost image, so it is checked here.
+    """
+    for elem in ds._dict.values():  # raw elements keep their position and length
+        tell = getattr(elem, "value_tell", None)
+        length = getattr(elem, "length", None)
+        if tell is None or length is None or length == _UNDEFINED:
+            continue
+        if tell + length > total:
+            raise RejectedInstance(
+                f"{what} is truncated: element {elem.tag} declares {length} bytes "
+                f"at offset {tell} but only {total - tell} remain"
+            )
+
+
+def facts_from_dataset(ds: Dataset, transfer_syntax: str) -> InstanceFacts:
+    """Extract the catalog facts from a parsed dataset; raise RejectedInstance on bad UIDs."""
+    try:
+        sop = validate_uid(_uid(ds, "SOPInstanceUID"), "SOPInstanceUID")
+        sop_class = validate_uid(_uid(ds, "SOPClassUID"), "SOPClassUID")
+        study = validate_uid(_uid(ds, "StudyInstanceUID"), "StudyInstanceUID")
+        series = validate_uid(_uid(ds, "SeriesInstanceUID"), "SeriesInstanceUID")
+    except InvalidUID as exc:
+        raise RejectedInstance(str(exc)) from None
+    birth_raw = _text(ds, "PatientBirthDate", 32)
+    study_raw = _text(ds, "StudyDate", 32)
+    return InstanceFacts(
+        sop_instance_uid=sop,
+        sop_class_uid=sop_class,
+        series_instance_uid=series,
+        study_instance_uid=study,
+        transfer_syntax_uid=transfer_syntax,
+        patient_id=_text(ds, "PatientID", 64),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID", 64),
+        patient_name=_text(ds, "PatientName", 200),
+        patient_birth_date=parse_da(birth_raw),
+        patient_birth_date_raw=birth_raw,
+        patient_sex=_text(ds, "PatientSex", 16),
+        patient_age=_text(ds, "PatientAge", 16),
+        study_date=parse_da(study_raw),
+        study_date_raw=study_raw,
+        study_time=_text(ds, "StudyTime", 32),
+        accession_number=_text(ds, "AccessionNumber", 64),
+        study_description=_text(ds, "StudyDescription", 256),
+        study_id=_text(ds, "StudyID", 32),
+        referring_physician=_text(ds, "ReferringPhysicianName", 200),
+        institution_name=_text(ds, "InstitutionName", 128),
+        station_name=_text(ds, "StationName", 64),
+        manufacturer=_text(ds, "Manufacturer", 128),
+        modality=_text(ds, "Modality", 16).upper(),
+        body_part_examined=_text(ds, "BodyPartExamined", 64).upper(),
+        series_description=_text(ds, "SeriesDescription", 256),
+        series_number=_int(ds, "SeriesNumber"),
+        series_date=parse_da(_text(ds, "SeriesDate", 32)),
+        instance_number=_int(ds, "InstanceNumber"),
+        patient_identity_removed=_text(ds, "PatientIdentityRemoved", 8).upper() == "YES",
+        lossy_compression=_text(ds, "LossyImageCompression", 8) == "01"
+        or transfer_syntax in _LOSSY_TS,
+    )
+
+
+def part10_bytes(file_meta: Dataset, dataset: bytes) -> bytes:
+    """A Part 10 file from a file meta and the encoded dataset (as C-STORE receives it)."""
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    buf.write(b"\x00" * 128 + b"DICM")
+    meta = FileMetaDataset(file_meta)
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.ImplementationClassUID = meta.get("ImplementationClassUID") or PYDICOM_IMPLEMENTATION_UID
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    buf.write(dataset)
+    return buf.getvalue()
+
+
+def read_instance(data: bytes, what: str = "file") -> tuple[InstanceFacts, bytes]:
+    """Parse ``data``; return its facts and the Part 10 bytes to store.
+
+    Raises RejectedInstance with a one-line reason for anything that is not a
+    complete DICOM instance with valid SOP, study and series UIDs.
+    """
+    if not data:
+        raise RejectedInstance(f"{what} is empty")
+    if len(data) < 132 and not data[:4].strip(b"\x00"):
+        raise RejectedInstance(f"{what} is too short to be DICOM ({len(data)} bytes)")
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError,
+            NotImplementedError, AttributeError, IndexError, UnicodeError) as exc:
+        raise RejectedInstance(f"{what} is not readable DICOM: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # pydicom raises many kinds on hostile input
+        raise RejectedInstance(f"{what} is not readable DICOM: {type(exc).__name__}: {exc}") from None
+    if len(ds._dict) == 0:
+        raise RejectedInstance(f"{what} is not DICOM: no data elements")
+    if not has_preamble and min(ds._dict).group not in (0x0002, 0x0008):
+        raise RejectedInstance(f"{what} is not DICOM: no 'DICM' marker and no DICOM header at its start")
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if ts != DeflatedExplicitVRLittleEndian:  # offsets of a deflated body are not file offsets
+        _check_complete(ds, len(data), what)
+    if "SOPInstanceUID" not in ds and "StudyInstanceUID" not in ds:
+        raise RejectedInstance(f"{what} is not a DICOM instance: no SOP Instance UID or Study Instance UID")
+
+    if not ts:
+        if ds.original_encoding[0] is None:
+            raise RejectedInstance(f"{what} has no transfer syntax and its encoding cannot be told")
+        implicit, little = ds.original_encoding
+        ts = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    facts = facts_from_dataset(ds, ts)
+    if has_preamble and meta is not None and meta.get("TransferSyntaxUID"):
+        return facts, data
+    # A bare dataset, or a meta header without a transfer syntax: write a proper Part 10 file.
+    new_meta = FileMetaDataset()
+    new_meta.MediaStorageSOPClassUID = facts.sop_class_uid
+    new_meta.MediaStorageSOPInstanceUID = facts.sop_instance_uid
+    new_meta.TransferSyntaxUID = ts
+    ds.file_meta = new_meta
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.save_as(buf, enforce_file_format=True, implicit_vr=None, little_endian=None)
+    except Exception as exc:
+        raise RejectedInstance(f"{what} cannot be rewritten as a Part 10 file: {type(exc).__name__}: {exc}") from None
+    return facts, buf.getvalue()

@@ -1,0 +1,75 @@
+"""Exceptions raised by ilm.
+
+Every error a user can cause carries a message that names the problem (the
+file, key, UID or tier) so that front-ends can print it unchanged.
+
+    IlmError
+    ├── ConfigError           config file missing, unreadable or invalid (exit 2)
+    ├── InvalidUID            a UID that is not digits and dots, <= 64 chars
+    ├── RejectedInstance      a dataset that cannot be stored (not DICOM, no UIDs ...)
+    ├── CatalogError          the catalog cannot be opened or migrated
+    │   └── NotFound          no such study / series / instance
+    └── StorageError          a tier failed (I/O error, S3 down, ...)
+        ├── ObjectNotFound    the key is not on that tier
+        ├── IntegrityError    what the tier holds does not hash to what was written
+        └── TierUnavailable   the tier cannot be reached at all
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "IlmError",
+    "ConfigError",
+    "InvalidUID",
+    "RejectedInstance",
+    "CatalogError",
+    "NotFound",
+    "StorageError",
+    "ObjectNotFound",
+    "IntegrityError",
+    "TierUnavailable",
+]
+
+
+class IlmError(Exception):
+    """Base class of every error ilm raises on purpose."""
+
+
+class ConfigError(IlmError):
+    """The configuration is missing or invalid."""
+
+
+class InvalidUID(IlmError, ValueError):
+    """A DICOM UID failed validation."""
+
+
+class RejectedInstance(IlmError):
+    """A dataset was refused; ``reason`` says why in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CatalogError(IlmError):
+    """The catalog failed."""
+
+
+class NotFound(CatalogError):
+    """The catalog has no such entity."""
+
+
+class StorageError(IlmError):
+    """A storage tier failed."""
+
+
+class ObjectNotFound(StorageError):
+    """The object is not on the tier."""
+
+
+class IntegrityError(StorageError):
+    """Stored bytes do not match their recorded SHA-256."""
+
+
+class TierUnavailable(StorageError):
+    """The tier cannot be reached (server down, mount missing)."""

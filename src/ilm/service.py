@@ -1,0 +1,237 @@
+"""The service layer: every front-end (CLI, DICOM, DICOMweb, REST) calls this.
+
+It holds the settings, the catalog and the tiers, and owns the rules that
+must hold whatever the front-end: an instance is acknowledged as stored only
+after its bytes are on a tier (atomically, hash-checked) and its row is
+committed in the catalog; nothing is overwritten; a bad dataset changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from sqlalchemy.exc import SQLAlchemyError
+
+from ilm.catalog import Catalog
+from ilm.catalog.queries import StudyFilter, SummaryRow, archive_summary, find_instance, list_studies, study_detail
+from ilm.catalog.records import record_conflict, record_instance
+from ilm.config import Settings
+from ilm.dicom.parse import part10_bytes, read_instance
+from ilm.errors import IlmError, RejectedInstance, StorageError
+from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudySummary
+from ilm.storage import ObjectExists, Tier, open_tier
+from ilm.uids import instance_key
+
+__all__ = ["ArchiveService", "ImportReport", "iter_files"]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class ImportReport:
+    """Counts and reasons of one import run."""
+
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    rejected: int = 0
+    bytes_stored: int = 0
+    problems: list[IngestResult] = field(default_factory=list)
+
+    def add(self, r: IngestResult) -> None:
+        if r.status is IngestStatus.STORED:
+            self.stored += 1
+            self.bytes_stored += r.size
+        elif r.status is IngestStatus.DUPLICATE:
+            self.duplicates += 1
+        elif r.status is IngestStatus.CONFLICT:
+            self.conflicts += 1
+            self.problems.append(r)
+        else:
+            self.rejected += 1
+            self.problems.append(r)
+
+    @property
+    def total(self) -> int:
+        return self.stored + self.duplicates + self.conflicts + self.rejected
+
+
+def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every regular file under ``paths`` (recursively), in a stable order."""
+    for p in paths:
+        if p.is_dir():
+            for dirpath, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(dirpath) / name
+        else:
+            yield p
+
+
+class _StripedLock:
+    """Serialises work on the same SOP Instance UID inside this process."""
+
+    def __init__(self, n: int = 64) -> None:
+        self._locks = [threading.Lock() for _ in range(n)]
+
+    def __call__(self, key: str) -> threading.Lock:
+        return self._locks[hash(key) % len(self._locks)]
+
+
+class ArchiveService:
+    """One archive: settings, catalog and tiers."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+        self.settings = settings
+        self.catalog = catalog or Catalog.open(settings.catalog_url)
+        self._tiers: dict[str, Tier] = {}
+        self._tier_lock = threading.Lock()
+        self._sop_lock = _StripedLock()
+
+    @classmethod
+    def open(cls, settings: Settings) -> "ArchiveService":
+        return cls(settings)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def tier(self, name: str) -> Tier:
+        """The backend of tier ``name``, opened on first use."""
+        with self._tier_lock:
+            t = self._tiers.get(name)
+            if t is None:
+                t = self._tiers[name] = open_tier(name, self.settings)
+            return t
+
+    # -- ingest ---------------------------------------------------------------
+
+    def ingest_bytes(self, data: bytes, source: str) -> IngestResult:
+        """Store one DICOM file given as bytes (import, STOW-RS)."""
+        try:
+            facts, blob = read_instance(data, "data")
+        except RejectedInstance as exc:
+            return IngestResult(IngestStatus.REJECTED, source, size=len(data), reason=exc.reason)
+        return self._store(facts, blob, source)
+
+    def ingest_dataset(self, file_meta: Dataset, dataset: bytes, source: str) -> IngestResult:
+        """Store one dataset as a C-STORE delivers it: its file meta and encoded bytes."""
+        try:
+            data = part10_bytes(file_meta, dataset)
+        except Exception as exc:  # a file meta we cannot encode is the sender's fault
+            return IngestResult(IngestStatus.REJECTED, source, reason=f"{source}: bad file meta: {exc}")
+        return self.ingest_bytes(data, source)
+
+    def ingest_path(self, path: Path) -> IngestResult:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return IngestResult(IngestStatus.REJECTED, str(path), reason=f"{path}: cannot read: {exc.strerror}")
+        return self.ingest_bytes(data, str(path))
+
+    def import_paths(
+        self, paths: Iterable[Path], progress: Callable[[IngestResult], None] | None = None
+    ) -> ImportReport:
+        report = ImportReport()
+        for p in iter_files(paths):
+            r = self.ingest_path(p)
+            report.add(r)
+            if progress:
+                progress(r)
+        return report
+
+    def _store(self, f: InstanceFacts, blob: bytes, source: str) -> IngestResult:
+        sha = hashlib.sha256(blob).hexdigest()
+        base = dict(
+            source=source,
+            sop_instance_uid=f.sop_instance_uid,
+            sop_class_uid=f.sop_class_uid,
+            study_instance_uid=f.study_instance_uid,
+            size=len(blob),
+        )
+        tier_name = self.settings.ingest_tier
+        key = instance_key(f.study_instance_uid, f.series_instance_uid, f.sop_instance_uid)
+        with self._sop_lock(f.sop_instance_uid):
+            try:
+                with self.catalog.read() as conn:
+                    known = find_instance(conn, f.sop_instance_uid)
+            except SQLAlchemyError as exc:
+                return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", **base)  # type: ignore[arg-type]
+            if known is not None:
+                return self._known(f, blob, sha, known, base)
+            try:
+                tier = self.tier(tier_name)
+                tier.put(key, blob, sha)
+            except ObjectExists:
+                # An object the catalog does not know: left by a crash between
+                # write and commit. Adopt it only if it is the very same bytes.
+                try:
+                    held = tier.stat(key)
+                except StorageError as exc:
+                    return IngestResult(IngestStatus.REJECTED, reason=str(exc), **base)  # type: ignore[arg-type]
+                if held.sha256 != sha:
+                    return self._conflict(f, blob, sha, base, f"an uncatalogued object with other content is at {tier_name}:{key}")
+            except (StorageError, IlmError) as exc:
+                return IngestResult(
+                    IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", **base  # type: ignore[arg-type]
+                )
+            try:
+                with self.catalog.write() as conn:
+                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=_now())
+            except SQLAlchemyError as exc:
+                tier.delete(key)
+                return IngestResult(IngestStatus.REJECTED, reason=f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300], **base)  # type: ignore[arg-type]
+            if not inserted:  # another process catalogued it between our check and commit
+                with self.catalog.read() as conn:
+                    known = find_instance(conn, f.sop_instance_uid)
+                assert known is not None
+                return self._known(f, blob, sha, known, base)
+        return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
+
+    def _known(self, f: InstanceFacts, blob: bytes, sha: str, known: tuple[str, int], base: dict[str, object]) -> IngestResult:
+        if known[0] == sha:
+            return IngestResult(IngestStatus.DUPLICATE, reason="already stored, identical", **base)  # type: ignore[arg-type]
+        return self._conflict(f, blob, sha, base, "SOP Instance UID already stored with other content")
+
+    def _conflict(self, f: InstanceFacts, blob: bytes, sha: str, base: dict[str, object], why: str) -> IngestResult:
+        """Keep the newcomer aside in the conflicts folder; the stored copy is untouched."""
+        folder = self.settings.conflicts_path
+        name = f"{f.sop_instance_uid}.{sha[:16]}.dcm"
+        path = folder / name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                tmp = folder / f".tmp-{uuid.uuid4().hex}"
+                tmp.write_bytes(blob)
+                os.replace(tmp, path)
+            with self.catalog.write() as conn:
+                record_conflict(conn, f, sha256=sha, size=len(blob), kept_at=str(path), source=str(base["source"]), now=_now())
+        except (OSError, SQLAlchemyError) as exc:
+            return IngestResult(IngestStatus.REJECTED, reason=f"{why}; could not keep it aside: {exc}", **base)  # type: ignore[arg-type]
+        return IngestResult(IngestStatus.CONFLICT, reason=why, kept_aside_at=str(path), **base)  # type: ignore[arg-type]
+
+    # -- queries --------------------------------------------------------------
+
+    def studies(self, flt: StudyFilter) -> list[StudySummary]:
+        with self.catalog.read() as conn:
+            return list_studies(conn, flt)
+
+    def study(self, study_uid: str) -> StudyDetail | None:
+        with self.catalog.read() as conn:
+            return study_detail(conn, study_uid)
+
+    def summary(self) -> dict[str, list[SummaryRow]]:
+        with self.catalog.read() as conn:
+            return archive_summary(conn)
+
+

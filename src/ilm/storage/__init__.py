@@ -1,0 +1,28 @@
+"""Storage tiers behind one interface (``Tier``): filesystem and S3."""
+
+from __future__ import annotations
+
+from ilm.config import FilesystemTierSettings, S3TierSettings, Settings
+from ilm.errors import ConfigError
+from ilm.storage.base import ObjectExists, Tier, check_key, sha256_hex
+from ilm.storage.filesystem import FilesystemTier
+
+__all__ = ["Tier", "ObjectExists", "FilesystemTier", "open_tier", "open_tiers", "check_key", "sha256_hex"]
+
+
+def open_tier(name: str, settings: Settings) -> Tier:
+    """The backend for the tier ``name`` of ``settings``."""
+    t = settings.tiers.get(name)
+    if t is None:
+        raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(settings.tiers)})")
+    if isinstance(t, FilesystemTierSettings):
+        return FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync)
+    if isinstance(t, S3TierSettings):
+        from ilm.storage.s3 import S3Tier  # only this module imports boto3
+
+        return S3Tier.from_settings(name, t)
+    raise ConfigError(f"tier {name!r}: unknown kind")
+
+
+def open_tiers(settings: Settings) -> dict[str, Tier]:
+    return {name: open_tier(name, settings) for name in settings.tiers}

@@ -1,0 +1,70 @@
+"""The one interface every storage tier implements.
+
+Kept as small as httpx's transport: six methods. Keys are built by
+``ilm.uids.instance_key`` from validated UIDs; backends still refuse any key
+that could escape their root.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+from ilm.errors import StorageError
+from ilm.models import StoredObject
+
+__all__ = ["Tier", "ObjectExists", "check_key", "sha256_hex"]
+
+_KEY = re.compile(r"[0-9.]+(/[0-9.]+)*(\.dcm|\.pack|\.idx)?")
+
+
+class ObjectExists(StorageError):
+    """``put`` found an object already at that key; nothing was overwritten."""
+
+
+def check_key(key: str) -> str:
+    """Refuse a key that is not UID path segments (no '..', no '/', no NUL)."""
+    if not _KEY.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")) or len(key) > 255:
+        raise StorageError(f"refused object key {key[:100]!r}: keys are UID path segments")
+    return key
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@runtime_checkable
+class Tier(Protocol):
+    """A place that holds objects. Every method raises StorageError subclasses only."""
+
+    name: str
+
+    def put(self, key: str, data: bytes, sha256: str) -> StoredObject:
+        """Store ``data`` at ``key`` atomically, never overwriting.
+
+        ``sha256`` is the hex digest the caller computed; the backend makes sure
+        what it holds matches it (IntegrityError otherwise) and raises
+        ObjectExists if the key is taken. A failed put leaves nothing behind.
+        """
+        ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; ObjectNotFound when absent."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; removing an absent key is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def stat(self, key: str) -> StoredObject:
+        """Size and SHA-256 of what the tier holds now (the tier's own checksum
+        where it keeps one, else by reading). ObjectNotFound when absent."""
+        ...
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix`` (for reconciling the tier with the catalog)."""
+        ...

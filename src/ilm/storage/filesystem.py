@@ -1,0 +1,140 @@
+"""A tier on a local or mounted file system.
+
+Writes go to a temporary file in the target folder, are flushed (fsync when
+configured), and are then linked to their final name: link() fails if the
+name exists, so a put is atomic and never overwrites.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from ilm.errors import ObjectNotFound, StorageError, TierUnavailable
+from ilm.models import StoredObject
+from ilm.storage.base import ObjectExists, check_key, sha256_hex
+
+__all__ = ["FilesystemTier"]
+
+_TMP = ".tmp-"
+
+
+class FilesystemTier:
+    def __init__(self, name: str, root: Path, *, fsync: bool = True, create: bool = True) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.fsync = fsync
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TierUnavailable(f"tier {name!r}: cannot create {self.root}: {exc.strerror}") from None
+
+    def __repr__(self) -> str:
+        return f"FilesystemTier({self.name!r}, {str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _fail(self, what: str, key: str, exc: OSError) -> StorageError:
+        if exc.errno == errno.ENOSPC:
+            return StorageError(f"tier {self.name!r}: disk full writing {key} in {self.root}")
+        if not self.root.is_dir():
+            return TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing")
+        return StorageError(f"tier {self.name!r}: cannot {what} {key}: {exc.strerror or exc}")
+
+    def put(self, key: str, data: bytes, sha256: str) -> StoredObject:
+        path = self._path(key)
+        if sha256_hex(data) != sha256:
+            raise StorageError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
+        tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
+            if self.fsync:
+                dfd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            raise self._fail("write", key, exc) from None
+        finally:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        return StoredObject(key=key, size=len(data), sha256=sha256)
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if not self.root.is_dir():
+                raise TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing") from None
+            raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
+        except OSError as exc:
+            raise self._fail("read", key, exc) from None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._fail("delete", key, exc) from None
+        # Remove emptied series and study folders; a concurrent put recreates them.
+        for parent in (path.parent, path.parent.parent):
+            if parent == self.root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def stat(self, key: str) -> StoredObject:
+        path = self._path(key)
+        h = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    h.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
+        except OSError as exc:
+            raise self._fail("read", key, exc) from None
+        return StoredObject(key=key, size=size, sha256=h.hexdigest())
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(_TMP):
+                    continue
+                yield os.path.relpath(os.path.join(dirpath, name), self.root).replace(os.sep, "/")
