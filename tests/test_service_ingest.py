@@ -9,8 +9,7 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
-from ilm.catalog.queries import StudyFilter
-from ilm.models import IngestStatus
+from ilm.models import IngestStatus, StudyFilter
 from ilm.service import ArchiveService
 
 

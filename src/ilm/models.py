@@ -16,7 +16,20 @@ __all__ = [
     "LocationSummary",
     "StudyDetail",
     "CopyState",
+    "StudyFilter",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFilter:
+    """What ``ilm studies`` and study queries filter on."""
+
+    patient_id: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    modality: str | None = None
+    limit: int = 100
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)

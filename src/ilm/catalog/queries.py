@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.schema import instances, locations, patients, series, studies
-from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudySummary
+from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter, StudySummary
 
 __all__ = ["StudyFilter", "list_studies", "study_detail", "find_instance", "archive_summary", "SummaryRow"]
-
-
-@dataclass(frozen=True, slots=True)
-class StudyFilter:
-    patient_id: str | None = None
-    date_from: date | None = None
-    date_to: date | None = None
-    modality: str | None = None
-    limit: int = 100
-    offset: int = 0
 
 
 def _split(text: str) -> tuple[str, ...]:

@@ -10,11 +10,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ilm.catalog.queries import StudyFilter
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
 from ilm.config import default_home, write_default_config
 from ilm.errors import ConfigError
-from ilm.models import IngestStatus
+from ilm.models import IngestStatus, StudyFilter
 from ilm.service import iter_files
 
 
