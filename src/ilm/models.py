@@ -17,7 +17,19 @@ __all__ = [
     "StudyDetail",
     "CopyState",
     "StudyFilter",
+    "SummaryRow",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRow:
+    """One line of an archive summary (by modality, study year or tier)."""
+
+    key: str
+    studies: int
+    series: int
+    instances: int
+    size_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

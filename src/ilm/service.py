@@ -22,12 +22,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from ilm.catalog import Catalog
-from ilm.catalog.queries import SummaryRow, archive_summary, find_instance, list_studies, study_detail
+from ilm.catalog.queries import archive_summary, find_instance, list_studies, study_detail
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import part10_bytes, read_instance
 from ilm.errors import IlmError, RejectedInstance, StorageError
-from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary
+from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
 

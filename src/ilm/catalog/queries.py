@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import distinct, func, select
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.schema import instances, locations, patients, series, studies
-from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter, StudySummary
+from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter, StudySummary, SummaryRow
 
-__all__ = ["StudyFilter", "list_studies", "study_detail", "find_instance", "archive_summary", "SummaryRow"]
+__all__ = ["list_studies", "study_detail", "find_instance", "archive_summary"]
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -139,15 +138,6 @@ def study_detail(conn: Connection, study_uid: str) -> StudyDetail | None:
         checksum_state=checksum_state,
         extra={"state": row.state, "study_date_raw": row.study_date_raw},
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SummaryRow:
-    key: str
-    studies: int
-    series: int
-    instances: int
-    size_bytes: int
 
 
 def archive_summary(conn: Connection) -> dict[str, list[SummaryRow]]:
