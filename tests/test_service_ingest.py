@@ -135,3 +135,32 @@ def test_every_pydicom_test_file(service: ArchiveService, pydicom_test_files: Pa
     assert len(stored) == _count(service, "instances") == _count(service, "locations")
     for f in stored:  # every stored object is a readable Part 10 file
         assert f.read_bytes()[128:132] == b"DICM"
+
+
+def test_concurrent_ingest_keeps_catalog_consistent(service: ArchiveService, tmp_path: Path, pydicom_test_files: Path) -> None:
+    """Many associations storing the same study at once: each instance once, counts exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = pydicom.dcmread(pydicom_test_files / "CT_small.dcm")
+    blobs = []
+    for i in range(24):
+        base.SOPInstanceUID = f"1.2.826.0.1.3680043.10.999.{i + 1}"
+        base.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.998.{i % 3 + 1}"
+        base.InstanceNumber = i + 1
+        p = tmp_path / f"{i}.dcm"
+        base.save_as(p)
+        blobs.append(p.read_bytes())
+    work = blobs * 3  # every instance sent three times, interleaved
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda b: service.ingest_bytes(b, "assoc"), work))
+    statuses = [r.status for r in results]
+    assert statuses.count(IngestStatus.STORED) == 24
+    assert statuses.count(IngestStatus.DUPLICATE) == 48
+    d = service.study(base.StudyInstanceUID)
+    assert d is not None
+    assert d.summary.instance_count == 24
+    assert d.summary.series_count == 3
+    assert d.summary.size_bytes == sum(len(b) for b in blobs)
+    assert sum(s.instance_count for s in d.series) == 24
+    assert _count(service, "locations") == 24
+    assert len(_tier_files(service)) == 24
