@@ -20,7 +20,10 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["metadata", "patients", "studies", "series", "instances", "locations", "conflicts"]
+__all__ = [
+    "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
+    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones",
+]
 
 metadata = MetaData(
     naming_convention={
@@ -78,6 +81,11 @@ studies = Table(
     Column("received_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
     Column("last_accessed_at", TS),
+    Column("labels", Text, nullable=False, server_default=""),
+    Column("quarantined_at", TS),
+    Column("quarantine_until", TS),
+    Column("expired_rule", String(128)),
+    Column("expired_plan", String(32)),
     Index("ix_studies_patient", "patient_pk"),
     Index("ix_studies_date", "study_date"),
 )
@@ -146,4 +154,113 @@ conflicts = Table(
     Column("source", Text, nullable=False),
     Column("received_at", TS, nullable=False),
     Index("ix_conflicts_sop", "sop_uid"),
+)
+
+# -- lifecycle (migration 0002) ---------------------------------------------
+
+# Legal holds on a study or a patient. A hold is released, never deleted, so
+# that the audit trail can always say what was held when.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scope", String(16), nullable=False),  # study | patient
+    Column("target", String(64), nullable=False),  # Study Instance UID or Patient ID
+    Column("reason", Text, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("released_at", TS),
+    Column("released_by", String(128)),
+    Index("ix_holds_target", "scope", "target"),
+)
+
+# Append-only, hash-chained: each row's hash covers its content and the
+# previous row's hash, so a changed or removed row breaks the chain.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", TS, nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("study_uid", String(64)),
+    Column("plan_id", String(32)),
+    Column("rule_id", String(128)),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Index("ix_audit_log_study", "study_uid"),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("as_of", Date, nullable=False),
+    Column("policy_name", String(128), nullable=False),
+    Column("policy_path", Text, nullable=False),
+    Column("policy_sha256", String(64), nullable=False),
+    Column("catalog_sha256", String(64), nullable=False),
+    Column("plan_sha256", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # planned | applying | applied | failed
+    Column("approved_by", String(128)),
+    Column("summary", Text, nullable=False),  # JSON
+)
+
+# One row per study the plan acts on or a protection vetoed; studies that no
+# rule matched and nothing vetoed are counted in the summary only.
+plan_actions = Table(
+    "plan_actions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("plan_id", String(32), ForeignKey("plans.id"), nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("decision", String(16), nullable=False),  # transition | expire | keep
+    Column("target_tier", String(64)),
+    Column("rule_id", String(128)),
+    Column("vetoes", Text, nullable=False, server_default=""),  # JSON list
+    Column("fingerprint", String(64), nullable=False),  # the study facts the plan saw
+    Column("instance_count", Integer, nullable=False, server_default="0"),
+    Column("size_bytes", BigInteger, nullable=False, server_default="0"),
+    Column("state", String(16), nullable=False, server_default="pending"),  # pending|done|skipped|failed
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("updated_at", TS),
+    UniqueConstraint("plan_id", "study_uid", name="uq_plan_actions_plan_study"),
+    Index("ix_plan_actions_state", "plan_id", "state"),
+)
+
+# The journal of copy -> verify -> commit -> delete. A row that is not 'done'
+# or 'rolled_back' after a crash is finished or undone by recovery.
+moves = Table(
+    "moves",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("plan_id", String(32)),
+    Column("instance_pk", Integer, ForeignKey("instances.id"), nullable=False),
+    Column("src_tier", String(64), nullable=False),
+    Column("dst_tier", String(64), nullable=False),
+    Column("object_key", String(255), nullable=False),
+    Column("state", String(16), nullable=False),  # copying | committed | done | rolled_back
+    Column("started_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+    Index("ix_moves_state", "state"),
+)
+
+# What stays of a purged study: enough to answer "where did it go, and who said so".
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_uid", UID, nullable=False, unique=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("study_date", Date),
+    Column("instance_count", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("rule_id", String(128)),
+    Column("plan_id", String(32)),
+    Column("approved_by", String(128)),
+    Column("expired_at", TS, nullable=False),
+    Column("purged_at", TS, nullable=False),
 )
