@@ -1,0 +1,156 @@
+"""Catalog side of moving copies between tiers: the move journal and locations.
+
+The journal row is written before the first byte is copied, so that after a
+crash ``pending_moves`` names every move that may have left something behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import aliased
+
+from ilm.catalog.schema import instances, locations, moves, studies
+from ilm.models import CopyState
+
+__all__ = [
+    "InstanceCopy",
+    "study_copies",
+    "start_moves",
+    "commit_moves",
+    "finish_moves",
+    "rollback_moves",
+    "pending_moves",
+    "PendingMove",
+    "verified_copy_count",
+    "drop_location",
+    "instance_copies",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceCopy:
+    instance_pk: int
+    sop_uid: str
+    sha256: str
+    size: int
+    tier: str
+    key: str
+    state: str
+
+
+def study_copies(conn: Connection, study_uid: str) -> list[InstanceCopy]:
+    """Every copy of every instance of a study."""
+    rows = conn.execute(
+        select(instances.c.id, instances.c.sop_uid, instances.c.sha256, instances.c.size_bytes,
+               locations.c.tier, locations.c.object_key, locations.c.state)
+        .join(locations, locations.c.instance_pk == instances.c.id)
+        .join(studies, studies.c.id == instances.c.study_pk)
+        .where(studies.c.study_uid == study_uid)
+        .order_by(instances.c.id, locations.c.tier)
+    )
+    return [InstanceCopy(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
+
+
+def start_moves(conn: Connection, items: list[InstanceCopy], dst: str, plan_id: str | None, now: datetime) -> list[int]:
+    """Journal a batch of moves as 'copying'; return their ids in order."""
+    ids = []
+    for c in items:
+        ids.append(
+            int(conn.execute(
+                moves.insert().values(plan_id=plan_id, instance_pk=c.instance_pk, src_tier=c.tier, dst_tier=dst,
+                                      object_key=c.key, state="copying", started_at=now, updated_at=now)
+                .returning(moves.c.id)
+            ).scalar_one())
+        )
+    return ids
+
+
+def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]], dst: str, now: datetime) -> None:
+    """Record verified copies on ``dst`` and mark their sources for deletion.
+
+    ``done`` holds (move id, source copy, sha256 the destination vouched for, size).
+    """
+    for move_id, c, _sha, size in done:
+        conn.execute(
+            locations.insert().values(instance_pk=c.instance_pk, tier=dst, object_key=c.key, size_bytes=size,
+                                      sha256=c.sha256, state=CopyState.VERIFIED.value, created_at=now, verified_at=now)
+        )
+        conn.execute(
+            update(locations)
+            .where(locations.c.instance_pk == c.instance_pk, locations.c.tier == c.tier)
+            .values(state=CopyState.DELETING.value)
+        )
+        conn.execute(update(moves).where(moves.c.id == move_id).values(state="committed", updated_at=now))
+
+
+def verified_copy_count(conn: Connection, instance_pk: int, excluding_tier: str | None = None) -> int:
+    q = select(locations.c.id).where(locations.c.instance_pk == instance_pk, locations.c.state == CopyState.VERIFIED.value)
+    if excluding_tier:
+        q = q.where(locations.c.tier != excluding_tier)
+    return len(conn.execute(q).all())
+
+
+def drop_location(conn: Connection, instance_pk: int, tier: str) -> bool:
+    """Remove a copy's row, but never the last verified copy of an instance."""
+    other = aliased(locations)
+    res = conn.execute(
+        delete(locations).where(
+            locations.c.instance_pk == instance_pk,
+            locations.c.tier == tier,
+            exists(select(other.c.id).where(and_(other.c.instance_pk == instance_pk, other.c.tier != tier,
+                                                 other.c.state == CopyState.VERIFIED.value))),
+        )
+    )
+    return res.rowcount > 0
+
+
+def finish_moves(conn: Connection, items: list[tuple[int, int, str]], now: datetime) -> None:
+    """After the sources were deleted: drop their rows and close the journal.
+
+    ``items`` holds (move id, instance pk, source tier).
+    """
+    for move_id, instance_pk, src in items:
+        drop_location(conn, instance_pk, src)
+        conn.execute(update(moves).where(moves.c.id == move_id).values(state="done", updated_at=now))
+
+
+def rollback_moves(conn: Connection, move_ids: list[int], now: datetime) -> None:
+    if move_ids:
+        conn.execute(update(moves).where(moves.c.id.in_(move_ids)).values(state="rolled_back", updated_at=now))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMove:
+    id: int
+    plan_id: str | None
+    instance_pk: int
+    src_tier: str
+    dst_tier: str
+    key: str
+    state: str
+    sha256: str
+
+
+def pending_moves(conn: Connection) -> list[PendingMove]:
+    rows = conn.execute(
+        select(moves.c.id, moves.c.plan_id, moves.c.instance_pk, moves.c.src_tier, moves.c.dst_tier,
+               moves.c.object_key, moves.c.state, instances.c.sha256)
+        .join(instances, instances.c.id == moves.c.instance_pk)
+        .where(moves.c.state.in_(("copying", "committed")))
+        .order_by(moves.c.id)
+    )
+    return [PendingMove(*r) for r in rows]
+
+
+def instance_copies(conn: Connection, instance_pk: int) -> list[InstanceCopy]:
+    rows = conn.execute(
+        select(instances.c.id, instances.c.sop_uid, instances.c.sha256, instances.c.size_bytes,
+               locations.c.tier, locations.c.object_key, locations.c.state)
+        .join(locations, locations.c.instance_pk == instances.c.id)
+        .where(instances.c.id == instance_pk)
+    )
+    return [InstanceCopy(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]

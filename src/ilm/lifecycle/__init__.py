@@ -1,0 +1,1 @@
+"""Lifecycle execution: safe moves, quarantine, purge, recovery after a crash."""

@@ -1,0 +1,201 @@
+"""Moving a study's copies to another tier without ever losing an image.
+
+For each batch of instances: journal the moves -> copy (read the source,
+check its SHA-256 against the catalog, put on the destination) -> verify what
+the destination holds -> commit the new copies and mark the sources for
+deletion (one transaction) -> delete the sources -> drop their rows, never the
+last verified copy. ``recover`` finishes or rolls back whatever a crash
+interrupted, using the journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from ilm.catalog import Catalog
+from ilm.catalog.copies import (
+    InstanceCopy,
+    commit_moves,
+    drop_location,
+    finish_moves,
+    instance_copies,
+    pending_moves,
+    rollback_moves,
+    start_moves,
+    study_copies,
+)
+from ilm.errors import IntegrityError, StorageError
+from ilm.lifecycle.limits import RateLimiter
+from ilm.models import CopyState
+from ilm.storage import ObjectExists, Tier
+
+__all__ = ["MoveResult", "move_study", "recover_moves", "RecoveryReport"]
+
+BATCH = 128
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class MoveResult:
+    study_uid: str
+    dst: str
+    moved: int = 0
+    bytes_moved: int = 0
+    already_there: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def _copy_one(c: InstanceCopy, src: Tier, dst: Tier, limiter: RateLimiter) -> tuple[str, int]:
+    """Copy one object and return (sha256 the destination vouches for, size)."""
+    data = src.get(c.key)
+    if hashlib.sha256(data).hexdigest() != c.sha256:
+        raise IntegrityError(f"tier {src.name!r}: {c.key} does not match its catalog SHA-256; not moved")
+    limiter.take(len(data))
+    try:
+        dst.put(c.key, data, c.sha256)
+    except ObjectExists:
+        pass  # a copy from an interrupted run: verified below like any other
+    held = dst.stat(c.key)
+    if held.sha256 != c.sha256 or held.size != c.size:
+        raise IntegrityError(f"tier {dst.name!r}: {c.key} holds other bytes than were written")
+    return held.sha256, held.size
+
+
+def move_study(
+    catalog: Catalog,
+    tiers: Callable[[str], Tier],
+    study_uid: str,
+    dst_name: str,
+    *,
+    plan_id: str | None = None,
+    workers: int = 4,
+    limiter: RateLimiter | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MoveResult:
+    """Move every instance of a study that is not yet on ``dst_name`` there."""
+    limiter = limiter or RateLimiter(0)
+    result = MoveResult(study_uid, dst_name)
+    dst = tiers(dst_name)
+    with catalog.read() as conn:
+        copies = study_copies(conn, study_uid)
+    on_dst = {c.instance_pk for c in copies if c.tier == dst_name and c.state == CopyState.VERIFIED.value}
+    # One verified source copy per instance that still has to move.
+    todo: dict[int, InstanceCopy] = {}
+    stale: list[InstanceCopy] = []
+    for c in copies:
+        if c.tier == dst_name or c.state != CopyState.VERIFIED.value:
+            continue
+        if c.instance_pk in on_dst:
+            stale.append(c)
+        else:
+            todo.setdefault(c.instance_pk, c)
+    # Copies left on other tiers by an earlier move that got as far as commit.
+    for c in stale:
+        _delete_source(catalog, tiers(c.tier), c)
+        result.already_there += 1
+    items = list(todo.values())
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for i in range(0, len(items), BATCH):
+            batch = items[i : i + BATCH]
+            with catalog.write() as conn:
+                ids = start_moves(conn, batch, dst_name, plan_id, _now())
+            futures = [pool.submit(_copy_one, c, tiers(c.tier), dst, limiter) for c in batch]
+            good: list[tuple[int, InstanceCopy, str, int]] = []
+            bad: list[int] = []
+            for move_id, c, fut in zip(ids, batch, futures):
+                try:
+                    sha, size = fut.result()
+                    good.append((move_id, c, sha, size))
+                except StorageError as exc:
+                    result.failed.append(f"{c.sop_uid}: {exc}")
+                    bad.append(move_id)
+            if bad:
+                _undo_copies(catalog, dst, [c for mid, c in zip(ids, batch) if mid in set(bad)], bad)
+            if good:
+                with catalog.write() as conn:
+                    commit_moves(conn, good, dst_name, _now())
+                deleted: list[tuple[int, int, str]] = []
+                for mid, c, _sha, _size in good:
+                    try:
+                        tiers(c.tier).delete(c.key)
+                        deleted.append((mid, c.instance_pk, c.tier))
+                    except StorageError as exc:  # committed: safe; recovery deletes it later
+                        result.failed.append(f"{c.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
+                with catalog.write() as conn:
+                    finish_moves(conn, deleted, _now())
+                result.moved += len(good)
+                result.bytes_moved += sum(z for *_x, z in good)
+            if progress:
+                progress(len(batch))
+    return result
+
+
+def _delete_source(catalog: Catalog, src: Tier, c: InstanceCopy) -> None:
+    """Drop a source copy whose instance is verified elsewhere (row first: the
+    object is deleted only once the catalog no longer points at it)."""
+    with catalog.write() as conn:
+        dropped = drop_location(conn, c.instance_pk, c.tier)
+    if dropped:
+        src.delete(c.key)
+
+
+def _undo_copies(catalog: Catalog, dst: Tier, copies: list[InstanceCopy], move_ids: list[int]) -> None:
+    """Remove uncommitted destination copies; if any removal fails, the journal
+    keeps the moves as 'copying' so that recovery retries them."""
+    try:
+        for c in copies:
+            dst.delete(c.key)
+    except StorageError:
+        return
+    with catalog.write() as conn:
+        rollback_moves(conn, move_ids, _now())
+
+
+@dataclass
+class RecoveryReport:
+    rolled_back: int = 0
+    finished: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def recover_moves(catalog: Catalog, tiers: Callable[[str], Tier]) -> RecoveryReport:
+    """Finish or roll back every move a crash interrupted.
+
+    'copying': the destination copy was never committed: delete whatever the
+    destination holds under that key and mark the move rolled back (the plan
+    action stays pending and is redone). 'committed': the new copy is in the
+    catalog; delete the source object and its row.
+    """
+    report = RecoveryReport()
+    with catalog.read() as conn:
+        pending = pending_moves(conn)
+    for m in pending:
+        try:
+            if m.state == "copying":
+                with catalog.read() as conn:
+                    copies = [c for c in instance_copies(conn, m.instance_pk) if c.tier == m.dst_tier]
+                if not copies:  # the catalog never took the destination copy
+                    tiers(m.dst_tier).delete(m.key)
+                with catalog.write() as conn:
+                    rollback_moves(conn, [m.id], _now())
+                report.rolled_back += 1
+            else:
+                tiers(m.src_tier).delete(m.key)
+                with catalog.write() as conn:
+                    finish_moves(conn, [(m.id, m.instance_pk, m.src_tier)], _now())
+                report.finished += 1
+        except StorageError as exc:
+            report.problems.append(f"move {m.id} ({m.key} {m.src_tier}->{m.dst_tier}): {exc}")
+    return report
+
