@@ -101,3 +101,13 @@ def test_cli_init_writes_commented_default_once(tmp_path: Path) -> None:
     again = runner.invoke(app, ["init", "--home", str(tmp_path)])
     assert again.exit_code == 2
     assert "already exists" in again.output
+
+
+def test_lifecycle_section(tmp_path: Path) -> None:
+    write_default_config(tmp_path)
+    s = load_settings(home=tmp_path, env={})
+    assert s.lifecycle.quarantine_days == 30 and s.lifecycle.maintenance_window == ""
+    text = (tmp_path / "ilm.toml").read_text().replace('maintenance_window = ""', 'maintenance_window = "25:00-06:00"')
+    (tmp_path / "ilm.toml").write_text(text)
+    with pytest.raises(ConfigError, match="'lifecycle.maintenance_window'.*invalid time"):
+        load_settings(home=tmp_path, env={})

@@ -29,6 +29,7 @@ __all__ = [
     "default_home",
     "write_default_config",
     "CONFIG_NAME",
+    "LifecycleSettings",
 ]
 
 CONFIG_NAME = "ilm.toml"
@@ -98,6 +99,24 @@ class HttpSettings(_Strict):
     max_request_bytes: int = Field(2 * 1024**3, gt=0)
 
 
+class LifecycleSettings(_Strict):
+    quarantine_days: int = Field(30, ge=0)
+    move_workers: int = Field(4, ge=1, le=64)
+    max_mb_per_s: float = Field(0.0, ge=0)
+    maintenance_window: str = ""
+    schedule_policy: str = ""
+    schedule_interval_minutes: int = Field(1440, ge=1)
+
+    @field_validator("maintenance_window")
+    @classmethod
+    def _window(cls, v: str) -> str:
+        if v:
+            from ilm.lifecycle.limits import parse_window
+
+            parse_window(v)
+        return v
+
+
 class Settings(_Strict):
     home: Path
     config_file: Path | None = None
@@ -105,6 +124,7 @@ class Settings(_Strict):
     ingest: IngestSettings = IngestSettings()
     dicom: DicomSettings = DicomSettings()
     http: HttpSettings = HttpSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     tiers: dict[str, TierSettings] = Field(min_length=1)
 
     @property
@@ -150,6 +170,14 @@ maximum_pdu_size = 0    # 0 = unlimited, several times faster for large images
 [http]
 host = "127.0.0.1"
 port = 8080
+
+[lifecycle]
+quarantine_days = 30          # expired studies stay restorable this long before purge may delete them
+move_workers = 4              # concurrent copies during a move
+max_mb_per_s = 0              # 0 = no limit on the bytes moved per second
+maintenance_window = ""       # e.g. "22:00-06:00": apply moves data only inside it (local time)
+schedule_policy = ""          # ilm serve plans this policy file every interval (see docs/policies.md)
+schedule_interval_minutes = 1440
 
 # Tiers, hottest first: their order here is their order in the lifecycle.
 # Costs are per GB-month of storage and per GB retrieved; they drive the cost

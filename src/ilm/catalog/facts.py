@@ -1,0 +1,100 @@
+"""The catalog adapter of policy evaluation: catalog rows -> StudyFacts, PatientFacts.
+
+Reads every study once, in pages, with the holds and the tiers that hold
+verified copies. Patient facts are derived from all of a patient's studies,
+quarantined ones included (a later study still counts as an encounter).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from ilm.catalog.retention import list_holds, patient_key
+from ilm.catalog.schema import instances, locations, patients, studies
+from ilm.models import CopyState
+from ilm.policy.facts import Hold, HoldScope, PatientFacts, StudyFacts, patient_facts_from_studies, split_multi
+
+__all__ = ["PolicyInputs", "load_policy_inputs", "study_tiers"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyInputs:
+    studies: list[StudyFacts]            # the active studies a plan decides on
+    patients: dict[str, PatientFacts]    # by patient key
+
+
+def study_tiers(conn: Connection, study_uids: list[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Study UID -> tiers holding a verified copy of any of its instances."""
+    q = (
+        select(studies.c.study_uid, locations.c.tier)
+        .join(instances, instances.c.study_pk == studies.c.id)
+        .join(locations, locations.c.instance_pk == instances.c.id)
+        .where(locations.c.state == CopyState.VERIFIED.value)
+        .group_by(studies.c.study_uid, locations.c.tier)
+    )
+    if study_uids is not None:
+        q = q.where(studies.c.study_uid.in_(study_uids))
+    out: dict[str, list[str]] = defaultdict(list)
+    for uid, tier in conn.execute(q):
+        out[uid].append(tier)
+    return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
+def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple[StudyFacts, str]]:
+    q = select(
+        studies.c.study_uid, studies.c.state, studies.c.study_date, studies.c.study_date_raw, studies.c.patient_age,
+        studies.c.modalities, studies.c.sop_classes, studies.c.body_parts, studies.c.institution_name,
+        studies.c.station_names, studies.c.manufacturers, studies.c.description, studies.c.accession_number,
+        studies.c.patient_identity_removed, studies.c.size_bytes, studies.c.instance_count, studies.c.labels,
+        studies.c.received_at, studies.c.last_accessed_at,
+        patients.c.patient_id, patients.c.issuer, patients.c.birth_date, patients.c.birth_date_raw, patients.c.sex,
+    ).join(patients, patients.c.id == studies.c.patient_pk).where(studies.c.state != "purging")
+    if study_uids is not None:
+        q = q.where(studies.c.study_uid.in_(study_uids))
+    for r in conn.execution_options(yield_per=20_000).execute(q):
+        yield (
+            StudyFacts(
+                study_uid=r.study_uid, patient_key=patient_key(r.patient_id, r.issuer), patient_id=r.patient_id,
+                issuer=r.issuer, study_date=r.study_date, study_date_raw=r.study_date_raw, birth_date=r.birth_date,
+                birth_date_raw=r.birth_date_raw, patient_age_raw=r.patient_age, sex=r.sex,
+                modalities=split_multi(r.modalities), sop_classes=split_multi(r.sop_classes),
+                body_parts=split_multi(r.body_parts), institution=r.institution_name,
+                stations=split_multi(r.station_names), manufacturers=split_multi(r.manufacturers),
+                description=r.description, accession=r.accession_number,
+                identity_removed=bool(r.patient_identity_removed), size_bytes=int(r.size_bytes),
+                instance_count=int(r.instance_count), labels=split_multi(r.labels), received_at=r.received_at,
+                last_accessed_at=r.last_accessed_at,
+            ),
+            r.state,
+        )
+
+
+def load_policy_inputs(conn: Connection, study_uids: list[str] | None = None) -> PolicyInputs:
+    """Facts for the active studies (all, or those named) and their patients."""
+    study_holds: dict[str, list[Hold]] = defaultdict(list)
+    patient_holds: dict[str, list[Hold]] = defaultdict(list)
+    for h in list_holds(conn):
+        hold = Hold(scope=HoldScope(h.scope), reason=h.reason, placed_by=h.created_by, placed_at=h.created_at)
+        (study_holds if h.scope == "study" else patient_holds)[h.target].append(hold)
+    tiers = study_tiers(conn, study_uids)
+    only = set(study_uids) if study_uids is not None else None
+    everything: list[StudyFacts] = []
+    active: list[StudyFacts] = []
+    for facts, state in _iter_rows(conn, None):
+        everything.append(facts)
+        if state == "active" and (only is None or facts.study_uid in only):
+            if facts.study_uid in study_holds or tiers.get(facts.study_uid):
+                facts = replace(facts, holds=tuple(study_holds.get(facts.study_uid, ())),
+                                tiers=tiers.get(facts.study_uid, ()))
+            active.append(facts)
+    wanted = {s.patient_key for s in active}
+    pats = patient_facts_from_studies(
+        (s for s in everything if s.patient_key in wanted),
+        {k: tuple(v) for k, v in patient_holds.items()},
+    )
+    return PolicyInputs(studies=active, patients=pats)
