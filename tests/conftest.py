@@ -20,6 +20,8 @@ from support import servers
 from ilm.config import Settings, load_settings
 from ilm.service import ArchiveService
 
+pytest_plugins = ["support.fixtures_s3"]
+
 CATALOGS = [c for c in os.environ.get("ILM_TEST_CATALOGS", "sqlite,postgresql").split(",") if c]
 
 

@@ -1,0 +1,302 @@
+"""A tier on an S3 object store (AWS S3, SeaweedFS, MinIO, ...).
+
+The only module of ilm that imports boto3/botocore: every botocore error is
+translated here into an ilm StorageError naming the tier, the key and the
+problem, so nothing above this file knows what S3 is.
+
+Writes are verified and never overwrite:
+- ``put`` sends ``x-amz-checksum-sha256``; the server hashes what it received
+  and refuses the upload (BadDigest -> IntegrityError) if it differs, so a
+  corrupted upload is never stored and never has to be read back.
+- ``put`` is conditional (``If-None-Match: *``): the server refuses it with 412
+  (-> ObjectExists) when the key is taken, atomically, with no HEAD-then-PUT race.
+  A put whose response was lost and that botocore retried therefore also ends
+  in ObjectExists; the caller then compares ``stat`` with what it wrote (the
+  service layer does, and adopts identical bytes).
+- ``stat`` asks the server for the SHA-256 it recorded at upload
+  (``ChecksumMode=ENABLED``) and reads and hashes the object only when the
+  server has none (objects written by other tools).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import threading
+from collections.abc import Iterator
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import boto3  # type: ignore[import-untyped]  # no stubs shipped; the client is typed Any here
+import botocore.exceptions as bx  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+
+from ilm.config import S3TierSettings
+from ilm.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
+from ilm.models import StoredObject
+from ilm.storage.base import ObjectExists, check_key, sha256_hex
+
+__all__ = ["S3Tier"]
+
+# How long to wait for a response once connected. Long enough for a server to
+# hash a large upload, short enough that a hung server fails an ingest rather
+# than blocking it: a DICOM sender gives up after about a minute anyway.
+DEFAULT_READ_TIMEOUT = 30.0
+PAGE_SIZE = 1000  # keys per list request (the S3 maximum); tests lower it to exercise paging
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_NO_BUCKET = {"NoSuchBucket"}
+_CORRUPT = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "XAmzContentChecksumMismatch"}
+_TAKEN = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+
+
+def _b64_to_hex(value: str) -> str | None:
+    """Hex of a base64 SHA-256 checksum; None for a multipart composite ("...-N") or junk."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+class S3Tier:
+    """Objects in one bucket, under an optional key prefix."""
+
+    def __init__(
+        self,
+        name: str,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
+        create_bucket: bool = False,
+        connect_timeout: float = 5.0,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        max_attempts: int = 3,
+    ) -> None:
+        if (access_key_id is None) != (secret_access_key is None):
+            raise ConfigError(f"tier {name!r}: give both access_key_id and secret_access_key, or neither")
+        if endpoint_url is not None:
+            url = urlsplit(endpoint_url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ConfigError(f"tier {name!r}: endpoint_url {endpoint_url!r} is not an http(s) URL")
+        self.name = name
+        self.bucket = bucket
+        # Stored as "p/" so that prefixing and stripping are plain concatenation.
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._access_key_id = access_key_id
+        self._secret_access_key = secret_access_key
+        self.create_bucket = create_bucket
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_attempts = max_attempts
+        self._client: Any = None  # created on first use: constructing must not touch the network
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, name: str, s: S3TierSettings) -> "S3Tier":
+        return cls(
+            name,
+            s.bucket,
+            prefix=s.prefix,
+            endpoint_url=s.endpoint_url,
+            region=s.region,
+            access_key_id=s.access_key_id,
+            secret_access_key=s.secret_access_key,
+            create_bucket=s.create_bucket,
+            connect_timeout=s.connect_timeout_seconds,
+            max_attempts=s.max_attempts,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Tier({self.name!r}, {self._where()})"
+
+    def _where(self) -> str:
+        return f"{self.endpoint_url or f'AWS S3 {self.region}'} bucket {self.bucket!r}"
+
+    # -- client and errors ----------------------------------------------------
+
+    def _s3(self) -> Any:
+        """The boto3 client, created (and the bucket made, if configured) on first use."""
+        if self._client is not None:
+            return self._client
+        with self._lock:
+            if self._client is not None:
+                return self._client
+            config = Config(
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                s3={"addressing_style": "path"},  # SeaweedFS/MinIO endpoints are not wildcard DNS
+                signature_version="s3v4",
+            )
+            try:
+                # A session per tier: boto3's default session is not thread-safe to create clients from.
+                client = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    region_name=self.region,
+                    aws_access_key_id=self._access_key_id,
+                    aws_secret_access_key=self._secret_access_key,
+                    config=config,
+                )
+            except (ValueError, bx.BotoCoreError) as exc:
+                raise StorageError(f"tier {self.name!r}: cannot set up an S3 client for {self._where()}: {exc}") from None
+            if self.create_bucket:
+                self._ensure_bucket(client)
+            self._client = client
+            return client
+
+    def _ensure_bucket(self, client: Any) -> None:
+        try:
+            client.head_bucket(Bucket=self.bucket)
+            return
+        except bx.ClientError as exc:
+            if self._code(exc) not in _NOT_FOUND | _NO_BUCKET:
+                self._raise(exc, "check bucket", "")
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "check bucket", "")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.region != "us-east-1":  # AWS refuses an explicit us-east-1 constraint
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        try:
+            client.create_bucket(**kwargs)
+        except bx.ClientError as exc:
+            if self._code(exc) not in {"BucketAlreadyOwnedByYou"}:  # a concurrent first use
+                self._raise(exc, "create bucket", "")
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "create bucket", "")
+
+    @staticmethod
+    def _code(exc: bx.ClientError) -> str:
+        return str(exc.response.get("Error", {}).get("Code", ""))
+
+    def _raise(self, exc: BaseException, op: str, key: str) -> NoReturn:
+        """Translate a botocore/network error into an ilm error naming tier, key and problem."""
+        what = f"tier {self.name!r}: {op} {key}".rstrip()
+        if isinstance(exc, bx.ClientError):
+            code = self._code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            msg = exc.response.get("Error", {}).get("Message") or code
+            if code in _NOT_FOUND:
+                raise ObjectNotFound(f"tier {self.name!r}: no object {key} in {self._where()}") from None
+            if code in _NO_BUCKET:
+                raise TierUnavailable(f"{what}: bucket {self.bucket!r} does not exist at {self._where()}") from None
+            if code in _CORRUPT:
+                raise IntegrityError(f"{what}: the server refused the bytes as corrupted in transit ({code})") from None
+            if code in _TAKEN:
+                raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
+            if code in _DENIED:
+                raise StorageError(f"{what}: access denied by {self._where()} ({code}: check the tier's credentials)") from None
+            if status in (502, 503, 504) or code in {"ServiceUnavailable", "SlowDown"}:
+                raise TierUnavailable(f"{what}: S3 endpoint {self._where()} unavailable ({status} {code})") from None
+            raise StorageError(f"{what}: S3 error {code or status}: {msg}") from None
+        if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError, ConnectionError)):
+            raise TierUnavailable(
+                f"tier {self.name!r}: S3 endpoint {self.endpoint_url or self._where()} unreachable "
+                f"({f'{op} {key}'.strip()}): {exc}"
+            ) from None
+        if isinstance(exc, bx.FlexibleChecksumError):
+            raise IntegrityError(f"{what}: bytes read do not match the server's checksum: {exc}") from None
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            raise StorageError(
+                f"{what}: no S3 credentials (set access_key_id/secret_access_key or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+            ) from None
+        raise StorageError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    # -- the Tier protocol ----------------------------------------------------
+
+    def put(self, key: str, data: bytes, sha256: str) -> StoredObject:
+        full = self._key(key)
+        if sha256_hex(data) != sha256:
+            raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
+        try:
+            self._s3().put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                ChecksumSHA256=checksum,  # the server refuses bytes that do not hash to this
+                IfNoneMatch="*",  # ...and refuses to replace an existing object
+                ContentType="application/dicom" if key.endswith(".dcm") else "application/octet-stream",
+            )
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "put", key)
+        return StoredObject(key=key, size=len(data), sha256=sha256)
+
+    def get(self, key: str) -> bytes:
+        full = self._key(key)
+        try:
+            # ChecksumMode makes botocore check the body against the stored SHA-256.
+            resp = self._s3().get_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
+            data: bytes = resp["Body"].read()
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "get", key)
+        expected = resp.get("ContentLength")
+        if expected is not None and expected != len(data):
+            raise StorageError(f"tier {self.name!r}: get {key}: read {len(data)} of {expected} bytes")
+        return data
+
+    def delete(self, key: str) -> None:
+        full = self._key(key)
+        try:
+            self._s3().delete_object(Bucket=self.bucket, Key=full)
+        except bx.ClientError as exc:
+            if self._code(exc) in _NOT_FOUND:
+                return
+            self._raise(exc, "delete", key)
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "delete", key)
+
+    def _head(self, key: str, full: str) -> dict[str, Any]:
+        try:
+            head: dict[str, Any] = self._s3().head_object(Bucket=self.bucket, Key=full, ChecksumMode="ENABLED")
+            return head
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "stat", key)
+
+    def exists(self, key: str) -> bool:
+        full = self._key(key)
+        try:
+            self._head(key, full)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def stat(self, key: str) -> StoredObject:
+        full = self._key(key)
+        head = self._head(key, full)
+        stored = _b64_to_hex(str(head.get("ChecksumSHA256") or ""))
+        if stored is not None:
+            return StoredObject(key=key, size=int(head["ContentLength"]), sha256=stored)
+        # No whole-object SHA-256 on the server (uploaded by another tool, or
+        # multipart): read it and hash what we get.
+        data = self.get(key)
+        return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        # A prefix is a folder, as on the filesystem tier: "1.2" lists 1.2/... but not 1.23/...
+        where = self.prefix + (check_key(prefix.rstrip("/")) + "/" if prefix else "")
+        try:
+            pages = self._s3().get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=where, PaginationConfig={"PageSize": PAGE_SIZE}
+            )
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    key = str(obj["Key"])[len(self.prefix) :]
+                    try:
+                        yield check_key(key)
+                    except StorageError:
+                        continue  # not an ilm object key (put there by hand): not ours to report
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "list", f"keys under {prefix}" if prefix else "all keys")
