@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ilm.errors import ObjectNotFound, StorageError, TierUnavailable
+from ilm.errors import IntegrityError, ObjectNotFound, StorageError, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, sha256_hex
 
@@ -50,7 +50,7 @@ class FilesystemTier:
     def put(self, key: str, data: bytes, sha256: str) -> StoredObject:
         path = self._path(key)
         if sha256_hex(data) != sha256:
-            raise StorageError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
+            raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
         tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ class FilesystemTier:
         return StoredObject(key=key, size=size, sha256=h.hexdigest())
 
     def keys(self, prefix: str = "") -> Iterator[str]:
-        base = self.root / prefix if prefix else self.root
+        base = self.root / check_key(prefix.rstrip("/")) if prefix else self.root
         if not base.exists():
             return
         for dirpath, _dirs, files in os.walk(base):
