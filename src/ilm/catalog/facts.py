@@ -46,6 +46,7 @@ def study_tiers(conn: Connection, study_uids: list[str] | None = None) -> dict[s
 
 
 def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple[StudyFacts, str]]:
+    """Rows of all studies, or of every study of the patients of ``study_uids``."""
     q = select(
         studies.c.study_uid, studies.c.state, studies.c.study_date, studies.c.study_date_raw, studies.c.patient_age,
         studies.c.modalities, studies.c.sop_classes, studies.c.body_parts, studies.c.institution_name,
@@ -55,7 +56,8 @@ def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple
         patients.c.patient_id, patients.c.issuer, patients.c.birth_date, patients.c.birth_date_raw, patients.c.sex,
     ).join(patients, patients.c.id == studies.c.patient_pk).where(studies.c.state != "purging")
     if study_uids is not None:
-        q = q.where(studies.c.study_uid.in_(study_uids))
+        pats = select(studies.c.patient_pk).where(studies.c.study_uid.in_(study_uids))
+        q = q.where(studies.c.patient_pk.in_(pats))
     for r in conn.execution_options(yield_per=20_000).execute(q):
         yield (
             StudyFacts(
@@ -85,7 +87,7 @@ def load_policy_inputs(conn: Connection, study_uids: list[str] | None = None) ->
     only = set(study_uids) if study_uids is not None else None
     everything: list[StudyFacts] = []
     active: list[StudyFacts] = []
-    for facts, state in _iter_rows(conn, None):
+    for facts, state in _iter_rows(conn, study_uids):
         everything.append(facts)
         if state == "active" and (only is None or facts.study_uid in only):
             if facts.study_uid in study_holds or tiers.get(facts.study_uid):
