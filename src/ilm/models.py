@@ -115,6 +115,10 @@ class IngestResult:
     size: int = 0
     reason: str = ""
     kept_aside_at: str = ""
+    series_instance_uid: str = ""
+    # REJECTED because the archive failed (a tier or the catalog), not because
+    # of the data: the same instance may succeed when sent again later.
+    retryable: bool = False
 
 
 @dataclass(frozen=True, slots=True)

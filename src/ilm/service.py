@@ -15,7 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -26,10 +26,20 @@ from ilm.catalog.queries import archive_summary, find_instance, list_studies, st
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import part10_bytes, read_instance
-from ilm.errors import IlmError, RejectedInstance, StorageError
+from ilm.errors import IlmError, NotFound, RejectedInstance, StorageError
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
+from ilm import audit as audit_chain
+from ilm.catalog.audit import read_audit
+from ilm.catalog.facts import load_policy_inputs
+from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows
+from ilm.catalog.retention import HoldRow, QuarantinedStudy, patient_key, quarantined_studies
+from ilm.lifecycle import retention
+from ilm.lifecycle.apply import ApplyReport, apply_plan
+from ilm.lifecycle.move import RecoveryReport, recover_moves
+from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
+from ilm.policy import Decision, evaluate
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -116,12 +126,23 @@ class ArchiveService:
 
     # -- ingest ---------------------------------------------------------------
 
-    def ingest_bytes(self, data: bytes, source: str) -> IngestResult:
-        """Store one DICOM file given as bytes (import, STOW-RS)."""
+    def ingest_bytes(self, data: bytes, source: str, *, study_uid: str | None = None) -> IngestResult:
+        """Store one DICOM file given as bytes (import, STOW-RS).
+
+        With ``study_uid`` (STOW-RS to /studies/{study}), an instance of another
+        study is rejected and nothing is stored.
+        """
         try:
             facts, blob = read_instance(data, "data")
         except RejectedInstance as exc:
             return IngestResult(IngestStatus.REJECTED, source, size=len(data), reason=exc.reason)
+        if study_uid is not None and facts.study_instance_uid != study_uid:
+            return IngestResult(
+                IngestStatus.REJECTED, source, sop_instance_uid=facts.sop_instance_uid,
+                sop_class_uid=facts.sop_class_uid, study_instance_uid=facts.study_instance_uid,
+                series_instance_uid=facts.series_instance_uid, size=len(blob),
+                reason=f"instance of study {facts.study_instance_uid}, not of the requested study {study_uid}",
+            )
         return self._store(facts, blob, source)
 
     def ingest_dataset(self, file_meta: Dataset, dataset: bytes, source: str) -> IngestResult:
@@ -157,6 +178,7 @@ class ArchiveService:
             sop_instance_uid=f.sop_instance_uid,
             sop_class_uid=f.sop_class_uid,
             study_instance_uid=f.study_instance_uid,
+            series_instance_uid=f.series_instance_uid,
             size=len(blob),
         )
         tier_name = self.settings.ingest_tier
@@ -166,7 +188,7 @@ class ArchiveService:
                 with self.catalog.read() as conn:
                     known = find_instance(conn, f.sop_instance_uid)
             except SQLAlchemyError as exc:
-                return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", **base)  # type: ignore[arg-type]
+                return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", retryable=True, **base)  # type: ignore[arg-type]
             if known is not None:
                 return self._known(f, blob, sha, known, base)
             try:
@@ -178,19 +200,22 @@ class ArchiveService:
                 try:
                     held = tier.stat(key)
                 except StorageError as exc:
-                    return IngestResult(IngestStatus.REJECTED, reason=str(exc), **base)  # type: ignore[arg-type]
+                    return IngestResult(IngestStatus.REJECTED, reason=str(exc), retryable=True, **base)  # type: ignore[arg-type]
                 if held.sha256 != sha:
                     return self._conflict(f, blob, sha, base, f"an uncatalogued object with other content is at {tier_name}:{key}")
             except (StorageError, IlmError) as exc:
                 return IngestResult(
-                    IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", **base  # type: ignore[arg-type]
+                    IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", retryable=True, **base  # type: ignore[arg-type]
                 )
             try:
                 with self.catalog.write() as conn:
                     inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=_now())
             except SQLAlchemyError as exc:
-                tier.delete(key)
-                return IngestResult(IngestStatus.REJECTED, reason=f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300], **base)  # type: ignore[arg-type]
+                try:
+                    tier.delete(key)  # not catalogued: must not stay as an orphan
+                except StorageError:
+                    pass  # left for reconcile; an identical re-send adopts it
+                return IngestResult(IngestStatus.REJECTED, reason=f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300], retryable=True, **base)  # type: ignore[arg-type]
             if not inserted:  # another process catalogued it between our check and commit
                 with self.catalog.read() as conn:
                     known = find_instance(conn, f.sop_instance_uid)
@@ -217,7 +242,7 @@ class ArchiveService:
             with self.catalog.write() as conn:
                 record_conflict(conn, f, sha256=sha, size=len(blob), kept_at=str(path), source=str(base["source"]), now=_now())
         except (OSError, SQLAlchemyError) as exc:
-            return IngestResult(IngestStatus.REJECTED, reason=f"{why}; could not keep it aside: {exc}", **base)  # type: ignore[arg-type]
+            return IngestResult(IngestStatus.REJECTED, reason=f"{why}; could not keep it aside: {exc}", retryable=True, **base)  # type: ignore[arg-type]
         return IngestResult(IngestStatus.CONFLICT, reason=why, kept_aside_at=str(path), **base)  # type: ignore[arg-type]
 
     # -- queries --------------------------------------------------------------
@@ -234,4 +259,78 @@ class ArchiveService:
         with self.catalog.read() as conn:
             return archive_summary(conn)
 
+    # -- lifecycle --------------------------------------------------------------
 
+    def patient_key(self, patient_id: str, issuer: str = "") -> str:
+        return patient_key(patient_id, issuer)
+
+    def hold_add(self, scope: str, target: str, reason: str, by: str) -> int:
+        return retention.place_hold(self.catalog, scope, target, reason, by)
+
+    def hold_remove(self, hold_id: int, by: str) -> HoldRow:
+        return retention.lift_hold(self.catalog, hold_id, by)
+
+    def holds(self, *, active_only: bool = True) -> list[HoldRow]:
+        return retention.holds(self.catalog, active_only=active_only)
+
+    def restore(self, study_uid: str, by: str) -> None:
+        retention.restore(self.catalog, study_uid, by)
+
+    def purge_due(self) -> list[QuarantinedStudy]:
+        with self.catalog.read() as conn:
+            return quarantined_studies(conn, due_by=datetime.now(timezone.utc))
+
+    def purge(self, by: str, progress: Callable[[str], None] | None = None) -> retention.PurgeReport:
+        return retention.purge(self.catalog, self.tier, by=by, progress=progress)
+
+    def audit(self, *, study_uid: str | None = None, plan_id: str | None = None) -> list[audit_chain.AuditEntry]:
+        with self.catalog.read() as conn:
+            return list(read_audit(conn, study_uid=study_uid, plan_id=plan_id))
+
+    def audit_verify(self) -> list[audit_chain.ChainBreak]:
+        with self.catalog.read() as conn:
+            return audit_chain.verify_chain(read_audit(conn))
+
+    def read_policy(self, path: Path) -> PolicySource:
+        """Parse a policy file against this archive's tiers (PolicyError on any problem)."""
+        return read_policy(path, list(self.settings.tiers))
+
+    def plan(self, policy: Path, *, as_of: date, by: str, store: bool = True,
+             progress: Callable[[int], None] | None = None) -> PlanResult:
+        return make_plan(self.catalog, self.settings, self.read_policy(policy), as_of=as_of, created_by=by,
+                         store=store, progress=progress)
+
+    def plan_get(self, plan_id: str) -> PlanRow | None:
+        with self.catalog.read() as conn:
+            return get_plan(conn, plan_id)
+
+    def plan_actions(self, plan_id: str) -> list[ActionRow]:
+        with self.catalog.read() as conn:
+            return list(plan_action_rows(conn, plan_id))
+
+    def plans(self, limit: int = 50) -> list[PlanRow]:
+        with self.catalog.read() as conn:
+            return list_plans(conn, limit)
+
+    def explain(self, study_uid: str, policy: Path, *, as_of: date) -> Decision | None:
+        """Every rule's match or miss and every protection, for one study (None: not active)."""
+        source = self.read_policy(policy)
+        with self.catalog.read() as conn:
+            inputs = load_policy_inputs(conn, [study_uid])
+        if not inputs.studies:
+            return None
+        s = inputs.studies[0]
+        return evaluate(source.policy, s, inputs.patients.get(s.patient_key), as_of, explain=True)
+
+    def apply(self, plan_id: str, *, approved_by: str,
+              progress: Callable[[ActionRow, str], None] | None = None) -> ApplyReport:
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r} (see 'ilm plan list')")
+        source = self.read_policy(Path(plan.policy_path))
+        return apply_plan(self.catalog, self.settings, self.tier, plan_id, source, approved_by=approved_by,
+                          progress=progress)
+
+    def recover(self) -> RecoveryReport:
+        """Finish or roll back moves a crash interrupted."""
+        return recover_moves(self.catalog, self.tier)

@@ -1,0 +1,150 @@
+"""Commands for retention: hold, restore, purge, audit."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
+from ilm.errors import IlmError
+
+hold_app = typer.Typer(help="Legal holds: studies and patients that must never be deleted.", no_args_is_help=True)
+app.add_typer(hold_app, name="hold")
+
+
+def _who(by: Optional[str]) -> str:
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+ByOption = typer.Option(None, "--by", help="Who does this, for the audit trail (default: the login name).")
+
+
+@hold_app.command("add")
+def hold_add(
+    reason: str = typer.Option(..., "--reason", help="Why: a case number, a request."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study Instance UID to hold."),
+    patient: Optional[str] = typer.Option(None, "--patient", help="Patient ID to hold (all of the patient's studies)."),
+    issuer: str = typer.Option("", "--issuer", help="Issuer of the Patient ID, when the archive has several."),
+    home: Optional[Path] = HomeOption,
+    by: Optional[str] = ByOption,
+) -> None:
+    """Place a legal hold on a study or a patient."""
+    if bool(study) == bool(patient):
+        fail("give exactly one of --study or --patient", 2)
+    with open_service(home) as service:
+        try:
+            if study:
+                hold_id = service.hold_add("study", study, reason, _who(by))
+            else:
+                hold_id = service.hold_add("patient", service.patient_key(patient or "", issuer), reason, _who(by))
+        except IlmError as exc:
+            fail(str(exc), 2)
+    console.print(f"hold {hold_id} placed")
+
+
+@hold_app.command("remove")
+def hold_remove(hold_id: int, home: Optional[Path] = HomeOption, by: Optional[str] = ByOption) -> None:
+    """Release a hold by its id (the hold stays in the history)."""
+    with open_service(home) as service:
+        try:
+            row = service.hold_remove(hold_id, _who(by))
+        except IlmError as exc:
+            fail(str(exc), 1)
+    console.print(f"hold {hold_id} on {row.scope} {row.target} released")
+
+
+@hold_app.command("list")
+def hold_list(
+    home: Optional[Path] = HomeOption,
+    all_: bool = typer.Option(False, "--all", help="Include released holds."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """List holds."""
+    with open_service(home) as service:
+        rows = service.holds(active_only=not all_)
+    if json_out:
+        print_json(rows)
+        return
+    table = Table("Id", "Scope", "Target", "Reason", "By", "Placed", "Released")
+    for h in rows:
+        table.add_row(str(h.id), h.scope, h.target, h.reason, h.created_by, f"{h.created_at:%Y-%m-%d %H:%M}",
+                      f"{h.released_at:%Y-%m-%d} by {h.released_by}" if h.released_at else "")
+    console.print(table)
+
+
+@app.command()
+def restore(study_uid: str, home: Optional[Path] = HomeOption, by: Optional[str] = ByOption) -> None:
+    """Bring a quarantined (expired, not yet purged) study back."""
+    with open_service(home) as service:
+        try:
+            service.restore(study_uid, _who(by))
+        except IlmError as exc:
+            fail(str(exc), 1)
+    console.print(f"restored {study_uid}")
+
+
+@app.command()
+def purge(
+    home: Optional[Path] = HomeOption,
+    by: Optional[str] = ByOption,
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Delete studies whose quarantine has ended. Holds still veto; a tombstone stays."""
+    with open_service(home) as service:
+        due = service.purge_due()
+        if not due:
+            console.print("nothing to purge")
+            return
+        if not yes:
+            size = sum(q.size_bytes for q in due)
+            typer.confirm(f"permanently delete {len(due)} studies ({size / 1e9:.2f} GB)?", abort=True)
+        report = service.purge(_who(by))
+    if json_out:
+        print_json(report)
+    else:
+        console.print(f"purged {len(report.purged)} studies, freed {report.bytes_freed / 1e9:.2f} GB; "
+                      f"{report.waiting} still in quarantine")
+        for p in report.problems:
+            err_console.print(f"  kept: {p}", highlight=False)
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def audit(
+    home: Optional[Path] = HomeOption,
+    study: Optional[str] = typer.Option(None, "--study", help="Only entries about this study."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Only entries about this plan."),
+    verify: bool = typer.Option(False, "--verify", help="Check the hash chain; exit 1 if it is broken."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """List the audit trail, or verify that no entry was changed or removed."""
+    with open_service(home) as service:
+        if verify:
+            breaks = service.audit_verify()
+            if breaks:
+                for b in breaks:
+                    err_console.print(f"entry {b.entry_id}: {b.problem}", highlight=False)
+                fail(f"audit trail is broken: {len(breaks)} problem(s)", 1)
+            console.print("audit trail intact")
+            return
+        entries = service.audit(study_uid=study, plan_id=plan)
+    if json_out:
+        print_json(entries)
+        return
+    table = Table("Id", "When", "Who", "Action", "Study", "Plan", "Rule", "Detail")
+    for e in entries:
+        table.add_row(str(e.id), f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.study_uid or "", e.plan_id or "",
+                      e.rule_id or "", json.dumps(e.detail)[:80])
+    console.print(table)
