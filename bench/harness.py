@@ -131,8 +131,9 @@ def stop_server(srv: Server) -> None:
 class Timed:
     rc: int | None  # None: killed at the timeout
     seconds: float
-    maxrss_kb: int
+    maxrss_kb: int  # the largest single process of the command (itself or a child it waited for)
     output: str
+    tree_rss_kb: int = 0  # the largest sum over all its processes at once (sampled), 0 unless asked for
 
     @property
     def ok(self) -> bool:
@@ -142,8 +143,28 @@ class Timed:
         return "\n".join(self.output.splitlines()[-n:])
 
 
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def session_rss_kb(sid: int) -> int:
+    """Resident memory of every process in session ``sid`` (a command we started in its own session)."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid pgrp session ... rss is field 24 overall -> index 21 here
+        if int(fields[3]) == sid:
+            total += int(fields[21]) * _PAGE_KB
+    return total
+
+
 def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Timed:
+              cwd: Path | None = None, sample_tree: bool = False) -> Timed:
     """Run ``cmd`` to completion: wall time, exit code and the peak RSS of that very command.
 
     The peak RSS is measured by GNU time (``/usr/bin/time -f %M``), which forks
@@ -161,8 +182,13 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
                                 env=env, cwd=cwd, start_new_session=True)
         rc: int | None = None
         rss = 0
+        tree = 0
+        next_sample = t0
         deadline = t0 + timeout
         while True:
+            if sample_tree and time.perf_counter() >= next_sample:
+                tree = max(tree, session_rss_kb(proc.pid))
+                next_sample = time.perf_counter() + 0.1
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid == proc.pid:
                 seconds = time.perf_counter() - t0
@@ -185,7 +211,7 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
             rss = int(lines[-1]) if lines and lines[-1].strip().isdigit() else 0
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return Timed(rc, seconds, rss, text)
+    return Timed(rc, seconds, rss, text, tree)
 
 
 def count_files(folder: Path) -> int:
