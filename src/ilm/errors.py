@@ -7,6 +7,7 @@ file, key, UID or tier) so that front-ends can print it unchanged.
     ├── ConfigError           config file missing, unreadable or invalid (exit 2)
     ├── InvalidUID            a UID that is not digits and dots, <= 64 chars
     ├── RejectedInstance      a dataset that cannot be stored (not DICOM, no UIDs ...)
+    ├── PolicyError           a policy file with errors (ilm.policy.errors; lists each with file:line)
     ├── CatalogError          the catalog cannot be opened or migrated
     │   └── NotFound          no such study / series / instance
     └── StorageError          a tier failed (I/O error, S3 down, ...)
