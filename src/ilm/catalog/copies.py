@@ -28,6 +28,7 @@ __all__ = [
     "verified_copy_count",
     "drop_location",
     "instance_copies",
+    "refresh_study_tiers",
 ]
 
 
@@ -85,6 +86,8 @@ def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]
             .values(state=CopyState.DELETING.value)
         )
         conn.execute(update(moves).where(moves.c.id == move_id).values(state="committed", updated_at=now))
+    if done:
+        refresh_study_tiers(conn, [d[1].instance_pk for d in done])
 
 
 def verified_copy_count(conn: Connection, instance_pk: int, excluding_tier: str | None = None) -> int:
@@ -108,6 +111,16 @@ def drop_location(conn: Connection, instance_pk: int, tier: str) -> bool:
     return res.rowcount > 0
 
 
+def refresh_study_tiers(conn: Connection, instance_pks: list[int]) -> None:
+    """Recompute studies.tiers for the studies of these instances."""
+    study_pks = {r[0] for r in conn.execute(select(instances.c.study_pk).where(instances.c.id.in_(instance_pks)))}
+    for pk in study_pks:
+        tiers = sorted({r[0] for r in conn.execute(
+            select(locations.c.tier).join(instances, instances.c.id == locations.c.instance_pk)
+            .where(instances.c.study_pk == pk, locations.c.state == CopyState.VERIFIED.value).distinct())})
+        conn.execute(update(studies).where(studies.c.id == pk).values(tiers="\\".join(tiers)))
+
+
 def finish_moves(conn: Connection, items: list[tuple[int, int, str]], now: datetime) -> None:
     """After the sources were deleted: drop their rows and close the journal.
 
@@ -116,6 +129,8 @@ def finish_moves(conn: Connection, items: list[tuple[int, int, str]], now: datet
     for move_id, instance_pk, src in items:
         drop_location(conn, instance_pk, src)
         conn.execute(update(moves).where(moves.c.id == move_id).values(state="done", updated_at=now))
+    if items:
+        refresh_study_tiers(conn, [i[1] for i in items])
 
 
 def rollback_moves(conn: Connection, move_ids: list[int], now: datetime) -> None:

@@ -52,7 +52,7 @@ def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple
         studies.c.modalities, studies.c.sop_classes, studies.c.body_parts, studies.c.institution_name,
         studies.c.station_names, studies.c.manufacturers, studies.c.description, studies.c.accession_number,
         studies.c.patient_identity_removed, studies.c.size_bytes, studies.c.instance_count, studies.c.labels,
-        studies.c.received_at, studies.c.last_accessed_at,
+        studies.c.received_at, studies.c.last_accessed_at, studies.c.tiers,
         patients.c.patient_id, patients.c.issuer, patients.c.birth_date, patients.c.birth_date_raw, patients.c.sex,
     ).join(patients, patients.c.id == studies.c.patient_pk).where(studies.c.state != "purging")
     if study_uids is not None:
@@ -69,7 +69,8 @@ def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple
                 stations=split_multi(r.station_names), manufacturers=split_multi(r.manufacturers),
                 description=r.description, accession=r.accession_number,
                 identity_removed=bool(r.patient_identity_removed), size_bytes=int(r.size_bytes),
-                instance_count=int(r.instance_count), labels=split_multi(r.labels), received_at=r.received_at,
+                instance_count=int(r.instance_count), labels=split_multi(r.labels), tiers=split_multi(r.tiers),
+                received_at=r.received_at,
                 last_accessed_at=r.last_accessed_at,
             ),
             r.state,
@@ -83,16 +84,14 @@ def load_policy_inputs(conn: Connection, study_uids: list[str] | None = None) ->
     for h in list_holds(conn):
         hold = Hold(scope=HoldScope(h.scope), reason=h.reason, placed_by=h.created_by, placed_at=h.created_at)
         (study_holds if h.scope == "study" else patient_holds)[h.target].append(hold)
-    tiers = study_tiers(conn, study_uids)
     only = set(study_uids) if study_uids is not None else None
     everything: list[StudyFacts] = []
     active: list[StudyFacts] = []
     for facts, state in _iter_rows(conn, study_uids):
         everything.append(facts)
         if state == "active" and (only is None or facts.study_uid in only):
-            if facts.study_uid in study_holds or tiers.get(facts.study_uid):
-                facts = replace(facts, holds=tuple(study_holds.get(facts.study_uid, ())),
-                                tiers=tiers.get(facts.study_uid, ()))
+            if facts.study_uid in study_holds:
+                facts = replace(facts, holds=tuple(study_holds[facts.study_uid]))
             active.append(facts)
     wanted = {s.patient_key for s in active}
     pats = patient_facts_from_studies(

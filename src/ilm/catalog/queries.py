@@ -77,8 +77,7 @@ def list_studies(conn: Connection, flt: StudyFilter) -> list[StudySummary]:
         q = q.where(("\\" + studies.c.modalities + "\\").like(f"%\\{m}\\%", escape="!"))
     q = q.order_by(studies.c.study_date.desc(), studies.c.id.desc()).limit(flt.limit).offset(flt.offset)
     rows = conn.execute(q).all()
-    tiers = _tiers_by_study(conn, [r.id for r in rows])
-    return [_summary(r, tiers.get(r.id, ())) for r in rows]
+    return [_summary(r, _split(r.tiers)) for r in rows]
 
 
 def study_detail(conn: Connection, study_uid: str) -> StudyDetail | None:

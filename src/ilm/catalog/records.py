@@ -102,6 +102,7 @@ def record_instance(
             studies.c.station_names,
             studies.c.manufacturers,
             studies.c.patient_age,
+            studies.c.tiers,
         )
         .where(studies.c.study_uid == f.study_instance_uid)
         .with_for_update()
@@ -170,6 +171,7 @@ def record_instance(
             station_names=merge_multi(study.station_names, f.station_name),
             manufacturers=merge_multi(study.manufacturers, f.manufacturer),
             patient_age=study.patient_age or f.patient_age,
+            tiers=merge_multi(study.tiers, tier),
             updated_at=now,
         )
     )

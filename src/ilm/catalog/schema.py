@@ -82,6 +82,9 @@ studies = Table(
     Column("updated_at", TS, nullable=False),
     Column("last_accessed_at", TS),
     Column("labels", Text, nullable=False, server_default=""),
+    # Tiers holding a verified copy of any instance (backslash-joined), kept up
+    # to date by ingest and moves so that policies need not scan locations.
+    Column("tiers", Text, nullable=False, server_default=""),
     Column("quarantined_at", TS),
     Column("quarantine_until", TS),
     Column("expired_rule", String(128)),

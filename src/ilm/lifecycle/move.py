@@ -24,6 +24,7 @@ from ilm.catalog.copies import (
     finish_moves,
     instance_copies,
     pending_moves,
+    refresh_study_tiers,
     rollback_moves,
     start_moves,
     study_copies,
@@ -146,6 +147,7 @@ def _delete_source(catalog: Catalog, src: Tier, c: InstanceCopy) -> None:
     object is deleted only once the catalog no longer points at it)."""
     with catalog.write() as conn:
         dropped = drop_location(conn, c.instance_pk, c.tier)
+        refresh_study_tiers(conn, [c.instance_pk])
     if dropped:
         src.delete(c.key)
 
