@@ -15,34 +15,16 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.retention import list_holds, patient_key
-from ilm.catalog.schema import instances, locations, patients, studies
-from ilm.models import CopyState
+from ilm.catalog.schema import patients, studies
 from ilm.policy.facts import Hold, HoldScope, PatientFacts, StudyFacts, patient_facts_from_studies, split_multi
 
-__all__ = ["PolicyInputs", "load_policy_inputs", "study_tiers"]
+__all__ = ["PolicyInputs", "load_policy_inputs"]
 
 
 @dataclass(frozen=True, slots=True)
 class PolicyInputs:
     studies: list[StudyFacts]            # the active studies a plan decides on
     patients: dict[str, PatientFacts]    # by patient key
-
-
-def study_tiers(conn: Connection, study_uids: list[str] | None = None) -> dict[str, tuple[str, ...]]:
-    """Study UID -> tiers holding a verified copy of any of its instances."""
-    q = (
-        select(studies.c.study_uid, locations.c.tier)
-        .join(instances, instances.c.study_pk == studies.c.id)
-        .join(locations, locations.c.instance_pk == instances.c.id)
-        .where(locations.c.state == CopyState.VERIFIED.value)
-        .group_by(studies.c.study_uid, locations.c.tier)
-    )
-    if study_uids is not None:
-        q = q.where(studies.c.study_uid.in_(study_uids))
-    out: dict[str, list[str]] = defaultdict(list)
-    for uid, tier in conn.execute(q):
-        out[uid].append(tier)
-    return {k: tuple(sorted(v)) for k, v in out.items()}
 
 
 def _iter_rows(conn: Connection, study_uids: list[str] | None) -> Iterator[tuple[StudyFacts, str]]:

@@ -25,21 +25,6 @@ def find_instance(conn: Connection, sop_uid: str) -> tuple[str, int] | None:
     return None if row is None else (row.sha256, int(row.size_bytes))
 
 
-def _tiers_by_study(conn: Connection, study_pks: list[int]) -> dict[int, tuple[str, ...]]:
-    if not study_pks:
-        return {}
-    rows = conn.execute(
-        select(instances.c.study_pk, locations.c.tier)
-        .join(locations, locations.c.instance_pk == instances.c.id)
-        .where(instances.c.study_pk.in_(study_pks))
-        .group_by(instances.c.study_pk, locations.c.tier)
-    )
-    out: dict[int, list[str]] = {}
-    for r in rows:
-        out.setdefault(r.study_pk, []).append(r.tier)
-    return {k: tuple(sorted(v)) for k, v in out.items()}
-
-
 def _summary(row: Any, tiers: tuple[str, ...]) -> StudySummary:
     return StudySummary(
         study_instance_uid=row.study_uid,
