@@ -273,6 +273,9 @@ class ArchiveService:
     def holds(self, *, active_only: bool = True) -> list[HoldRow]:
         return retention.holds(self.catalog, active_only=active_only)
 
+    def label(self, study_uid: str, name: str, *, present: bool, by: str) -> None:
+        retention.label(self.catalog, study_uid, name, present=present, by=by)
+
     def restore(self, study_uid: str, by: str) -> None:
         retention.restore(self.catalog, study_uid, by)
 

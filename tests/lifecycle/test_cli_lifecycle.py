@@ -149,3 +149,32 @@ def test_plan_export_and_compare(settings: Settings, pydicom_test_files: Path, t
     code, out = _run(settings, "plan", "--policy", str(pol), "--as-of", LATER, "--compare", str(exported), "--json")
     diffs = json.loads(out)["differences"]
     assert [(d["study_uid"], d["here"], d["peer"]) for d in diffs] == [(uids["2009"], "expire", "keep")]
+
+
+def test_labels_steer_policies(settings: Settings, pydicom_test_files: Path, tmp_path: Path) -> None:
+    src_dir = tmp_path / "in"
+    src_dir.mkdir()
+    uids = _archive(settings, pydicom_test_files / "CT_small.dcm", src_dir)
+    pol = tmp_path / "p.yaml"
+    pol.write_text("""
+name: teaching
+rules:
+  - id: teaching-stays
+    when: {labels: teaching}
+    action: keep
+  - id: to-warm
+    when:
+      current_tier: hot
+      study_age: {older_than: P2Y}
+    action: {transition: warm}
+""")
+    assert _run(settings, "label", "add", uids["2020"], "teaching")[0] == 0
+    assert _run(settings, "label", "add", "1.2.3.4", "teaching")[0] == 1
+    plan = json.loads(_run(settings, "plan", "--policy", str(pol), "--as-of", LATER, "--json")[1])
+    moved = {a["rule"]: a["studies"] for a in plan["actions"]}
+    assert moved == {"to-warm": 1}  # the 2009 study only; 2020 is a teaching file
+    assert _run(settings, "label", "remove", uids["2020"], "teaching")[0] == 0
+    plan = json.loads(_run(settings, "plan", "--policy", str(pol), "--as-of", LATER, "--json")[1])
+    assert {a["rule"]: a["studies"] for a in plan["actions"]} == {"to-warm": 2}
+    audit = json.loads(_run(settings, "audit", "--json", "--study", uids["2020"])[1])
+    assert [e["action"] for e in audit] == ["label.add", "label.remove"]

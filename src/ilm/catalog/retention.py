@@ -25,6 +25,7 @@ __all__ = [
     "finish_purge",
     "study_state",
     "holds_covering",
+    "set_label",
 ]
 
 
@@ -164,3 +165,18 @@ def holds_covering(conn: Connection, study_uid: str) -> list[HoldRow]:
     if pat is not None:
         cond = cond | ((holds.c.scope == "patient") & (holds.c.target == patient_key(pat.patient_id, pat.issuer)))
     return [HoldRow(*r) for r in conn.execute(select(holds).where(cond, holds.c.released_at.is_(None)))]
+
+
+def set_label(conn: Connection, study_uid: str, label: str, present: bool, now: datetime) -> bool:
+    """Add or remove one label of a study; False when the study is unknown."""
+    from ilm.catalog.records import merge_multi
+
+    current = conn.execute(select(studies.c.labels).where(studies.c.study_uid == study_uid)).scalar()
+    if current is None:
+        return False
+    if present:
+        new = merge_multi(current, label)
+    else:
+        new = "\\".join(v for v in current.split("\\") if v and v != label)
+    conn.execute(update(studies).where(studies.c.study_uid == study_uid).values(labels=new, updated_at=now))
+    return True

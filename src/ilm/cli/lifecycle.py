@@ -82,6 +82,32 @@ def hold_list(
     console.print(table)
 
 
+label_app = typer.Typer(help="Labels on studies, for policies to match (labels: teaching).", no_args_is_help=True)
+app.add_typer(label_app, name="label")
+
+
+@label_app.command("add")
+def label_add(study_uid: str, name: str, home: Optional[Path] = HomeOption, by: Optional[str] = ByOption) -> None:
+    """Add a label to a study."""
+    with open_service(home) as service:
+        try:
+            service.label(study_uid, name, present=True, by=_who(by))
+        except IlmError as exc:
+            fail(str(exc), 1)
+    console.print(f"labelled {study_uid} {name!r}")
+
+
+@label_app.command("remove")
+def label_remove(study_uid: str, name: str, home: Optional[Path] = HomeOption, by: Optional[str] = ByOption) -> None:
+    """Remove a label from a study."""
+    with open_service(home) as service:
+        try:
+            service.label(study_uid, name, present=False, by=_who(by))
+        except IlmError as exc:
+            fail(str(exc), 1)
+    console.print(f"removed label {name!r} from {study_uid}")
+
+
 @app.command()
 def restore(study_uid: str, home: Optional[Path] = HomeOption, by: Optional[str] = ByOption) -> None:
     """Bring a quarantined (expired, not yet purged) study back."""

@@ -24,12 +24,13 @@ from ilm.catalog.retention import (
     quarantined_studies,
     release_hold,
     restore_study,
+    set_label,
     study_state,
 )
 from ilm.errors import IlmError, NotFound, StorageError
 from ilm.storage import Tier
 
-__all__ = ["place_hold", "lift_hold", "holds", "expire_study", "restore", "purge", "PurgeReport"]
+__all__ = ["label", "place_hold", "lift_hold", "holds", "expire_study", "restore", "purge", "PurgeReport"]
 
 
 def _now() -> datetime:
@@ -137,3 +138,16 @@ def purge(catalog: Catalog, tiers: Callable[[str], Tier], *, by: str, now: datet
         if progress:
             progress(q.study_uid)
     return report
+
+
+def label(catalog: Catalog, study_uid: str, name: str, *, present: bool, by: str) -> None:
+    """Add or remove a label that policies can match (``labels:`` condition)."""
+    name = name.strip()
+    if not name or "\\" in name or len(name) > 64:
+        raise IlmError(f"label {name!r}: 1-64 characters, no backslash")
+    now = _now()
+    with catalog.write() as conn:
+        if not set_label(conn, study_uid, name, present, now):
+            raise NotFound(f"no study {study_uid} in the catalog")
+        append_audit(conn, at=now, actor=by, action="label.add" if present else "label.remove",
+                     study_uid=study_uid, detail={"label": name})
