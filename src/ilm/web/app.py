@@ -1,0 +1,112 @@
+"""The HTTP front-end: a FastAPI app over ArchiveService.
+
+Routes:
+
+    GET  /health                          {"status": "ok"}
+    POST /dicomweb/studies                STOW-RS: store instances
+    POST /dicomweb/studies/{study}        STOW-RS: store instances of that study only
+
+Thin: a handler reads the request, calls the service and writes the answer;
+the protocol details live in ``ilm.web.stow``. The body is read and split
+as it streams in (bounded by ``http.max_request_bytes``); the blocking
+ingest runs in the threadpool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+from ilm.models import IngestResult, IngestStatus
+from ilm.service import ArchiveService
+from ilm.web.stow import (
+    DICOM_JSON,
+    MultipartCollector,
+    StowError,
+    StowPart,
+    http_status,
+    multipart_boundary,
+    part_media_type_ok,
+    store_response,
+)
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class DicomJSONResponse(JSONResponse):
+    media_type = DICOM_JSON
+
+
+def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str | None, source: str) -> list[IngestResult]:
+    results = []
+    for part in parts:
+        where = f"{source} part {part.index + 1}"
+        if not part_media_type_ok(part.content_type):
+            results.append(IngestResult(
+                IngestStatus.REJECTED, where, size=part.size,
+                reason=f"part Content-Type {part.content_type!r} is not application/dicom",
+            ))
+            continue
+        results.append(service.ingest_bytes(part.read(), where, study_uid=study_uid))
+        part.close()  # free its memory before the next one is read
+    return results
+
+
+def create_app(service: ArchiveService, *, max_request_bytes: int | None = None) -> FastAPI:
+    """The ilm HTTP app bound to ``service`` (body limit from its settings unless given)."""
+    limit = max_request_bytes or service.settings.http.max_request_bytes
+    app = FastAPI(title="ilm", summary="Image lifecycle management: DICOMweb front-end", docs_url="/docs")
+    app.state.service = service
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    async def stow(request: Request, study_uid: str | None) -> Response:
+        client = request.client.host if request.client else "?"
+        source = f"stow-rs:{client}"
+        collector: MultipartCollector | None = None
+        try:
+            boundary = multipart_boundary(request.headers.get("content-type"))
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise StowError(413, f"request body of {declared} bytes over the limit of {limit} bytes")
+            collector = MultipartCollector(boundary, limit)
+            async for chunk in request.stream():
+                collector.write(chunk)
+            parts = collector.finish()
+            results = await run_in_threadpool(_ingest_parts, service, parts, study_uid, source)
+        except StowError as exc:
+            log.info("STOW-RS from %s refused: %d %s", client, exc.status_code, exc.message)
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        except ClientDisconnect:
+            log.info("STOW-RS from %s: client went away before the body was complete; nothing stored", client)
+            return Response(status_code=400)
+        finally:
+            if collector is not None:
+                collector.close()
+        for r in results:
+            if r.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
+                log.warning("STOW-RS %s: %s %s: %s", r.source, r.status.value, r.sop_instance_uid or "?", r.reason)
+        base = str(request.base_url).rstrip("/") + "/dicomweb"
+        body: Any = store_response(results, base, study_uid)
+        return DicomJSONResponse(body, status_code=http_status(results, study_uid))
+
+    @app.post("/dicomweb/studies")
+    async def stow_studies(request: Request) -> Response:
+        """STOW-RS: store the instances of a multipart/related; type="application/dicom" body."""
+        return await stow(request, None)
+
+    @app.post("/dicomweb/studies/{study}")
+    async def stow_study(study: str, request: Request) -> Response:
+        """STOW-RS to one study: instances of any other study are refused."""
+        return await stow(request, study)
+
+    return app
