@@ -14,6 +14,8 @@ instance: rows in ilm's catalog, Orthanc's /statistics, files on disk.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from bench import harness as h
@@ -134,6 +136,28 @@ def run(ctx: Any) -> dict[str, Any]:
             "notes": notes, "profile": profile}
 
 
+_WAIT = __import__("re").compile(r"^(\S*\.)?(select|wait|_wait_for_tstate_lock|sleep|poll|acquire|accept)\b")
+_WAIT_LINE = __import__("re").compile(r"\b(sleep|select|wait|poll|acquire|accept)\(")
+
+
+def _is_waiting(frame: str) -> bool:
+    """Whether a py-spy frame "func (pkg/file.py:LINE)" sits in a sleep/select/wait (by its function or source line)."""
+    import linecache
+    import re
+
+    m = re.search(r"\(([^()]+\.py):(\d+)\)$", frame)
+    if _WAIT.search(frame):
+        return True
+    if not m:
+        return False
+    rel, line = m.group(1), int(m.group(2))
+    for base in sys.path:
+        path = os.path.join(base or ".", rel)
+        if os.path.isfile(path):
+            return bool(_WAIT_LINE.search(linecache.getline(path, line)))
+    return False
+
+
 def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float]]]:
     """Top functions from py-spy's collapsed stacks: by own time, and by inclusive time for ilm's own code."""
     import re
@@ -142,7 +166,8 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     ours: set[str] = set()
-    total = 0
+    lines_own: Counter[str] = Counter()
+    total = waiting = 0
     try:
         lines = open(path).read().splitlines()
     except OSError:
@@ -152,6 +177,11 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float
         if not stack or not count.isdigit():
             continue
         c = int(count)
+        raw = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        if raw and _is_waiting(raw[-1]):
+            waiting += c
+            total += c
+            continue
         frames = []
         for f in stack.split(";"):
             if f.startswith(("process ", "thread ")):
@@ -165,6 +195,7 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float
             continue
         total += c
         own[frames[-1]] += c
+        lines_own[re.sub(r"\((?:.*?/)?((?:ilm|pynetdicom|pydicom|sqlalchemy)/[^()]+)\)$", r"(\1)", raw[-1])] += c
         for f in set(frames):
             incl[f] += c
     if not total:
@@ -172,7 +203,9 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float
     ilm_incl = Counter({f: c for f, c in incl.items() if f in ours})
     return {
         "samples": [("total", float(total))],
+        "waiting": [("select/wait/sleep", round(100 * waiting / total, 1))],
         "own": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
+        "lines": [(f, round(100 * c / total, 1)) for f, c in lines_own.most_common(n)],
         "inclusive": [(f, round(100 * c / total, 1)) for f, c in ilm_incl.most_common(n)],
     }
 
@@ -229,8 +262,12 @@ def render(res: dict[str, Any]) -> str:
     prof = res.get("profile")
     if prof and prof.get("top"):
         out.append(f"Profile of `ilm serve` during one extra run (py-spy, all threads, `{prof['file']}`); "
-                   "share of non-idle samples (py-spy slows the server down while sampling):\n\n"
+                   "share of the samples py-spy took of running threads (it slows the server down while "
+                   f"sampling; {prof['top'].get('waiting', [('', 0)])[0][1]}% of them sat in select/wait/sleep "
+                   "and are left out of the first table):\n\n"
                    + table(["function (own time)", "%"], [(f"`{f}`", p) for f, p in prof["top"].get("own", [])[:12]])
                    + "\n\n" + table(["ilm function (inclusive)", "%"],
-                                     [(f"`{f}`", p) for f, p in prof["top"].get("inclusive", [])[:12]]))
+                                     [(f"`{f}`", p) for f, p in prof["top"].get("inclusive", [])[:12]])
+                   + "\n\n" + table(["hottest lines (own time)", "%"],
+                                     [(f"`{f}`", p) for f, p in prof["top"].get("lines", [])[:8]]))
     return "\n\n".join(out)
