@@ -10,12 +10,24 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
 from ilm.catalog import Catalog
-from ilm.catalog.bulk import SERIES_COLUMNS, STUDY_COLUMNS, BulkBatch, BulkLoader, _sqlite_datetime, set_last_accessed
+from ilm.catalog.bulk import (
+    SERIES_COLUMNS,
+    STUDY_COLUMNS,
+    BulkBatch,
+    BulkLoader,
+    _sqlite_datetime,
+    set_last_accessed,
+)
 from ilm.catalog.schema import instances, locations, patients, series, studies
 from ilm.service import ArchiveService
 from ilm.synth.files import write_files
 from ilm.synth.plan import SynthConfig, generate, plan, totals
-from ilm.synth.rows import NO_OBJECT_SHA256, apply_access_history, batch_for, load_catalog
+from ilm.synth.rows import (
+    NO_OBJECT_SHA256,
+    apply_access_history,
+    batch_for,
+    load_catalog,
+)
 
 REF = date(2025, 6, 30)
 

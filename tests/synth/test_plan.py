@@ -7,10 +7,12 @@ import re
 import sys
 from collections import Counter, defaultdict
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
 import ilm.synth.plan as plan_module
+from ilm.dicom.parse import parse_da
 from ilm.synth.plan import (
     DEFECTS,
     GRONINGEN,
@@ -23,7 +25,6 @@ from ilm.synth.plan import (
     plan,
     totals,
 )
-from ilm.dicom.parse import parse_da
 from ilm.uids import validate_uid
 
 REF = date(2025, 6, 30)
@@ -61,7 +62,7 @@ def test_blocks_in_any_number_of_parts_give_the_same_plan() -> None:
             if i < len(p):
                 merged.extend(p[i])
     assert merged == whole
-    assert [s.index for s in whole] == list(range(6000))
+    assert [s.position for s in whole] == list(range(6000))
 
 
 def test_dates_span_fifteen_years_and_grow(big: list[StudySpec]) -> None:
@@ -287,7 +288,7 @@ def test_age_string() -> None:
 
 
 def test_plan_module_is_pure() -> None:
-    tree = ast.parse(open(plan_module.__file__, encoding="utf-8").read())
+    tree = ast.parse(Path(plan_module.__file__).read_text(encoding="utf-8"))
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

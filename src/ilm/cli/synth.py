@@ -9,10 +9,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, settings_from
+from ilm.cli.app import (
+    HomeOption,
+    app,
+    console,
+    err_console,
+    fail,
+    open_service,
+    settings_from,
+)
 from ilm.cli.archive import human_bytes
 from ilm.config import CONFIG_NAME, default_home, write_default_config
 from ilm.errors import ConfigError, IlmError
@@ -118,16 +133,16 @@ def synth(
                 by_modality[m] = by_modality.get(m, 0) + 1
             bar.advance(task)
 
-        report = write_files(generate(cfg), out_dir, seed=cfg.seed, progress=tick)
+        written = write_files(generate(cfg), out_dir, seed=cfg.seed, progress=tick)
     elapsed = time.perf_counter() - started
     if json_out:
-        print(json.dumps({"mode": "files", "folder": str(out_dir), "studies": report.studies, "series": report.series,
-                          "files": report.files, "bytes": report.bytes, "studies_by_modality": by_modality,
-                          "seconds": round(elapsed, 2)}, indent=2))
+        print(json.dumps({"mode": "files", "folder": str(out_dir), "studies": written.studies,
+                          "series": written.series, "files": written.files, "bytes": written.bytes,
+                          "studies_by_modality": by_modality, "seconds": round(elapsed, 2)}, indent=2))
         return
     console.print(
-        f"wrote {report.studies:,} studies, {report.series:,} series, {report.files:,} files "
-        f"({human_bytes(report.bytes)}) to {out_dir} in {elapsed:.1f} s", highlight=False
+        f"wrote {written.studies:,} studies, {written.series:,} series, {written.files:,} files "
+        f"({human_bytes(written.bytes)}) to {out_dir} in {elapsed:.1f} s", highlight=False
     )
     console.print("  studies by modality: " + ", ".join(f"{m} {n}" for m, n in sorted(by_modality.items())))
 
@@ -164,7 +179,7 @@ def demo(
     Writes the default config into the home folder if it has none, generates
     DICOM files under HOME/synth (once: a second run reuses them and finds
     every instance already stored), imports them through the same path as
-    ``ilm import``, replays the plan's access history onto the catalog, and
+    'ilm import', replays the plan's access history onto the catalog, and
     prints studies, series, instances and bytes by modality, study year and tier.
     """
     started = time.perf_counter()

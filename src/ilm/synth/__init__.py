@@ -7,6 +7,14 @@
   for scale tests of a million studies and more.
 """
 
-from ilm.synth.plan import PlanTotals, SeriesSpec, StudySpec, SynthConfig, generate, generate_blocks, totals
+from ilm.synth.plan import (
+    PlanTotals,
+    SeriesSpec,
+    StudySpec,
+    SynthConfig,
+    generate,
+    generate_blocks,
+    totals,
+)
 
 __all__ = ["SynthConfig", "StudySpec", "SeriesSpec", "PlanTotals", "generate", "generate_blocks", "totals"]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ilm.synth.plan import SOP, SeriesSpec, StudySpec, SynthConfig, generate
 
@@ -170,14 +170,14 @@ def write_study(study: StudySpec, out: Path, pixels: Pixels) -> FilesReport:
         sdir = folder / f"{s.number:03d}_{s.modality}"
         sdir.mkdir(parents=True, exist_ok=True)
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = s.sop_class_uid
+        meta.MediaStorageSOPClassUID = UID(s.sop_class_uid)
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationVersionName = IMPLEMENTATION_VERSION
         ds.file_meta = meta
         mammo_views = s.body_part == "BREAST" and s.modality in ("MG", "OT")
         per_view = max(1, s.instance_count // 4)
         for i in range(1, s.instance_count + 1):
-            uid = s.sop_instance_uid(i)
+            uid = UID(s.sop_instance_uid(i))
             ds.SOPInstanceUID = uid
             meta.MediaStorageSOPInstanceUID = uid
             ds.InstanceNumber = i

@@ -220,7 +220,7 @@ class SeriesSpec(NamedTuple):
 
 
 class StudySpec(NamedTuple):
-    index: int
+    position: int               # 0-based place in the plan
     study_uid: str
     accession_number: str
     study_id: str
@@ -236,6 +236,7 @@ class StudySpec(NamedTuple):
     series: tuple[SeriesSpec, ...]
     accesses: tuple[datetime, ...]  # reads, oldest first, all before the reference date
     defects: tuple[str, ...]
+    acquired_at: datetime       # study date and time, UTC
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -256,12 +257,6 @@ class StudySpec(NamedTuple):
     @property
     def is_child(self) -> bool:
         return self.age_at_study < 18
-
-    @property
-    def acquired_at(self) -> datetime:
-        t = self.study_time
-        return datetime(self.study_date.year, self.study_date.month, self.study_date.day,
-                        int(t[0:2]), int(t[2:4]), int(t[4:6]), tzinfo=timezone.utc)
 
 
 # -- templates ------------------------------------------------------------------
@@ -614,18 +609,18 @@ class _Planner:
             first = self._years_offset(rng.random(), room) if room > 0 else 0.0
             out = []
             day = self.start + timedelta(days=int(first * _YEAR_DAYS))
-            for i in range(n):
+            for _ in range(n):
                 out.append(min(day, cfg.reference - _DAY))
                 step = interval * (1 + rng.uniform(-0.08, 0.08)) if interval >= 300 else interval
                 day = day + timedelta(days=max(1, int(step)))
             return out
         if kind == "child":
-            first = self._date_at(self._years_offset(rng.random()))
-            out = [first]
-            limit = min((cfg.reference - first).days - 1, 3 * 365)
+            first_day = self._date_at(self._years_offset(rng.random()))
+            days = [first_day]
+            limit = min((cfg.reference - first_day).days - 1, 3 * 365)
             for _ in range(n - 1):
-                out.append(first + timedelta(days=_between(rng, 0, max(0, limit))))
-            return sorted(out)
+                days.append(first_day + timedelta(days=_between(rng, 0, max(0, limit))))
+            return sorted(days)
         return sorted(self._date_at(self._years_offset(rng.random())) for _ in range(n))
 
     def _time(self, rng: random.Random) -> str:
@@ -704,9 +699,10 @@ class _Planner:
             frame_bytes * frames + HEADER_BYTES,
         )
 
-    def _station(self, rng: random.Random, modality: str) -> tuple[str, str]:
+    @staticmethod
+    def _station(rng: random.Random, modality: str) -> tuple[str, str]:
         options = _STATIONS[modality]
-        return options[_below(rng, len(options))]
+        return options[int(rng.random() * len(options))]
 
     def _protocol_series(self, rng: random.Random, k: int, proto: _P, when: float) -> tuple[SeriesSpec, ...]:
         templates = proto.series
@@ -723,7 +719,9 @@ class _Planner:
                 modality, sop = xr_modality, SOP[xr_modality]
             # A PET/CT scanner is one station for both of its modalities.
             st_mod = "PT" if proto.group == "PT" else modality
-            station = stations.get(st_mod) or stations.setdefault(st_mod, self._station(rng, st_mod))
+            station = stations.get(st_mod)
+            if station is None:
+                station = stations[st_mod] = self._station(rng, st_mod)
             out.append(self._series(rng, k, i, t, modality, sop, proto.body_part, station))
         return tuple(out)
 
@@ -790,15 +788,15 @@ class _Planner:
         defects: list[tuple[str, ...]] = []
         for _ in range(n):
             if cfg.missing_rate and rng.random() < cfg.missing_rate:
-                d = DEFECTS[_below(rng, len(DEFECTS))]
-                if d in ("bad_birth_date", "no_birth_date") and n > 1:
-                    d = ("no_study_date", "odd_patient_age")[_below(rng, 2)]
-                defects.append((d,))
+                defect = DEFECTS[_below(rng, len(DEFECTS))]
+                if defect in ("bad_birth_date", "no_birth_date") and n > 1:
+                    defect = ("no_study_date", "odd_patient_age")[_below(rng, 2)]
+                defects.append((defect,))
             else:
                 defects.append(())
-        birth_raw = birth.strftime("%Y%m%d")
+        birth_raw = f"{birth.year:04d}{birth.month:02d}{birth.day:02d}"
         if "bad_birth_date" in defects[0]:
-            birth_raw = f"{birth.year // 100}XX{birth.strftime('%m%d')}"
+            birth_raw = f"{birth.year // 100}XX{birth.month:02d}{birth.day:02d}"
         elif "no_birth_date" in defects[0]:
             birth_raw = ""
         patient = PatientSpec(
@@ -846,14 +844,14 @@ class _Planner:
         now = self.now
         return [
             StudySpec(
-                index=s.k,
+                position=s.k,
                 study_uid=self._study_uid(s.k),
                 accession_number=f"{self.tag}{s.k + 1:08d}",
                 study_id=str(s.k + 1)[-16:],
                 patient=patient,
                 study_date=s.d,
                 study_time=s.tm,
-                study_date_raw="" if "no_study_date" in s.defects else s.d.strftime("%Y%m%d"),
+                study_date_raw="" if "no_study_date" in s.defects else f"{s.d.year:04d}{s.d.month:02d}{s.d.day:02d}",
                 description=s.desc,
                 institution=s.institution,
                 referring_physician=s.physician,
@@ -862,6 +860,7 @@ class _Planner:
                 series=s.series,
                 accesses=tuple(sorted(r for r in s.reads if r < now)),
                 defects=s.defects,
+                acquired_at=s.t0,
             )
             for s in drafts
         ]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from queue import Empty
@@ -64,7 +64,8 @@ def batch_for(specs: Iterable[StudySpec], *, with_instances: bool = False, tier:
         key = (p.patient_id, p.issuer)
         if key not in pats:
             # What an import would parse: no birth date when the text is missing or garbled.
-            valid = p.birth_date_raw and p.birth_date_raw == f"{p.birth_date:%Y%m%d}"
+            d = p.birth_date
+            valid = p.birth_date_raw == f"{d.year:04d}{d.month:02d}{d.day:02d}"
             pats[key] = (p.name, p.birth_date if valid else None, p.birth_date_raw, p.sex)
         received = s.acquired_at + _RECEIVED_AFTER
         study_date = s.study_date if s.study_date_raw else None
@@ -175,7 +176,7 @@ def load_catalog(
     catalog.engine.dispose()   # no open database connection may be inherited by a child
     # fork: the loaders need nothing but the config and must not re-run the caller's main module.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(url, config, w, workers, chunk, with_instances, tier, queue),
                          daemon=True) for w in range(workers)]
