@@ -30,9 +30,9 @@ def _override(model: DicomSettings | HttpSettings, what: str, **changes: object)
 @app.command()
 def serve(
     home: Optional[Path] = HomeOption,
-    dicom_port: Optional[int] = typer.Option(None, "--dicom-port", help="DICOM port (default: [dicom] port, 11112)."),
-    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default: [http] port, 8080)."),
-    ae_title: Optional[str] = typer.Option(None, "--ae-title", help="Our AE title (default: [dicom] ae_title, ILM)."),
+    dicom_port: Optional[int] = typer.Option(None, "--dicom-port", help="DICOM port (default: dicom.port of ilm.toml, 11112)."),
+    http_port: Optional[int] = typer.Option(None, "--http-port", help="HTTP port (default: http.port of ilm.toml, 8080)."),
+    ae_title: Optional[str] = typer.Option(None, "--ae-title", help="Our AE title (default: dicom.ae_title of ilm.toml, ILM)."),
     host: Optional[str] = typer.Option(None, "--host", help="Bind address of both servers (0.0.0.0: every interface)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
