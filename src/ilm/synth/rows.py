@@ -109,9 +109,21 @@ def batch_for(specs: Iterable[StudySpec], *, with_instances: bool = False, tier:
 
 def _load_part(
     loader: BulkLoader, config: SynthConfig, part: int, parts: int, chunk: int, with_instances: bool, tier: str,
-    report: Callable[[BulkCounts], None],
+    report: Callable[[BulkCounts], None], lock: Any = None,
 ) -> None:
-    """Plan blocks part, part + parts, ... and load them, about ``chunk`` studies per transaction."""
+    """Plan blocks part, part + parts, ... and load them, about ``chunk`` studies per transaction.
+
+    ``lock`` (shared by the loader processes) hands the database from one
+    loader to the next as soon as it commits; SQLite's own busy wait would
+    poll and sleep up to 100 ms.
+    """
+
+    def load(b: BulkBatch) -> BulkCounts:
+        if lock is None:
+            return loader.load(b)
+        with lock:
+            return loader.load(b)
+
     pending: BulkBatch | None = None
     for block in generate_blocks(config, part, parts):
         b = batch_for(block, with_instances=with_instances, tier=tier)
@@ -120,19 +132,19 @@ def _load_part(
         else:
             pending.extend(b)
         if len(pending.studies) >= chunk:
-            report(loader.load(pending))
+            report(load(pending))
             pending = None
     if pending is not None:
-        report(loader.load(pending))
+        report(load(pending))
 
 
 def _worker(url: str, config: SynthConfig, part: int, parts: int, chunk: int, with_instances: bool, tier: str,
-            queue: Any) -> None:
+            queue: Any, lock: Any) -> None:
     """A loader process: its own engine; counts, then None (or the error) on ``queue``."""
     try:
         catalog = Catalog.open(url, upgrade=False)
         try:
-            _load_part(BulkLoader(catalog), config, part, parts, chunk, with_instances, tier, queue.put)
+            _load_part(BulkLoader(catalog), config, part, parts, chunk, with_instances, tier, queue.put, lock)
         finally:
             catalog.close()
         queue.put(None)
@@ -178,7 +190,8 @@ def load_catalog(
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     ctx: Any = multiprocessing.get_context(method)
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, config, w, workers, chunk, with_instances, tier, queue),
+    lock = ctx.Lock()
+    procs = [ctx.Process(target=_worker, args=(url, config, w, workers, chunk, with_instances, tier, queue, lock),
                          daemon=True) for w in range(workers)]
     for p in procs:
         p.start()
