@@ -144,7 +144,7 @@ def test_bulk_rows_equal_what_an_import_writes(service: ArchiveService, tmp_path
     specs = plan(cfg)
     write_files(specs, tmp_path / "f", seed=cfg.seed)
     assert service.import_paths([tmp_path / "f"]).rejected == 0
-    batch = batch_for(specs)
+    batch = batch_for(specs, tier=service.settings.ingest_tier)
     # Sizes are the plan's estimate (the header length varies a little); all else is exact.
     cols = [c for c in STUDY_COLUMNS if c not in ("received_at", "updated_at", "last_accessed_at", "size_bytes")]
     with service.catalog.read() as c:
@@ -205,7 +205,7 @@ def test_existing_patients_are_reused(catalog_url: str) -> None:
     try:
         key = ("P1", "ISSUER")
         row = ("x", date(2025, 1, 1), "", "", "", "", "", "", "", "", "", "", "", "", "", False, 0, 0, 0, "active",
-               datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc), None)
+               datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2025, 1, 1, tzinfo=timezone.utc), None, "hot")
         assert len(row) == len(STUDY_COLUMNS)
         b1 = BulkBatch(patients={key: ("A^B", None, "", "F")}, studies=[(key, "1.2.3", *row[1:])])
         assert BulkLoader(cat).load(b1).patients == 1

@@ -64,7 +64,7 @@ STUDY_COLUMNS = (
     "study_uid", "study_date", "study_date_raw", "study_time", "accession_number", "description", "study_id",
     "referring_physician", "institution_name", "station_names", "manufacturers", "modalities", "sop_classes",
     "body_parts", "patient_age", "patient_identity_removed", "series_count", "instance_count", "size_bytes",
-    "state", "received_at", "updated_at", "last_accessed_at",
+    "state", "received_at", "updated_at", "last_accessed_at", "tiers",
 )
 SERIES_COLUMNS = (
     "series_uid", "modality", "description", "number", "body_part", "station_name", "series_date",

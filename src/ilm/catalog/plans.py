@@ -105,16 +105,40 @@ def set_plan_state(conn: Connection, plan_id: str, state: str, approved_by: str 
     conn.execute(update(plans).where(plans.c.id == plan_id).values(**values))
 
 
+def _multi_tier_bytes(conn: Connection, where: Any) -> dict[str, dict[str, int]]:
+    rows = conn.execute(
+        select(studies.c.study_uid, locations.c.tier, func.sum(locations.c.size_bytes))
+        .join(instances, instances.c.study_pk == studies.c.id)
+        .join(locations, locations.c.instance_pk == instances.c.id)
+        .where(where, locations.c.state == CopyState.VERIFIED.value)
+        .group_by(studies.c.study_uid, locations.c.tier)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for uid, tier, b in rows:
+        out.setdefault(uid, {})[tier] = int(b)
+    return out
+
+
+# A study held on one tier has all its bytes there (studies.tiers and
+# size_bytes say so without reading locations); only studies on several tiers,
+# in the middle of a move, need their locations summed.
+_MULTI = studies.c.tiers.like("%\\%")
+
+
 def tier_bytes(conn: Connection) -> dict[str, int]:
     """Bytes of verified copies per tier, active studies only."""
+    out: dict[str, int] = {}
     rows = conn.execute(
-        select(locations.c.tier, func.coalesce(func.sum(locations.c.size_bytes), 0))
-        .join(instances, instances.c.id == locations.c.instance_pk)
-        .join(studies, studies.c.id == instances.c.study_pk)
-        .where(locations.c.state == CopyState.VERIFIED.value, studies.c.state == "active")
-        .group_by(locations.c.tier)
+        select(studies.c.tiers, func.coalesce(func.sum(studies.c.size_bytes), 0))
+        .where(studies.c.state == "active", studies.c.tiers != "", ~_MULTI)
+        .group_by(studies.c.tiers)
     )
-    return {t: int(b) for t, b in rows}
+    for tier, b in rows:
+        out[tier] = out.get(tier, 0) + int(b)
+    for per in _multi_tier_bytes(conn, (studies.c.state == "active") & _MULTI).values():
+        for tier, b in per.items():
+            out[tier] = out.get(tier, 0) + b
+    return out
 
 
 def study_tier_bytes(conn: Connection, study_uids: list[str]) -> dict[str, dict[str, int]]:
@@ -122,13 +146,14 @@ def study_tier_bytes(conn: Connection, study_uids: list[str]) -> dict[str, dict[
     out: dict[str, dict[str, int]] = {}
     for i in range(0, len(study_uids), 500):
         chunk = study_uids[i:i + 500]
-        rows = conn.execute(
-            select(studies.c.study_uid, locations.c.tier, func.sum(locations.c.size_bytes))
-            .join(instances, instances.c.study_pk == studies.c.id)
-            .join(locations, locations.c.instance_pk == instances.c.id)
-            .where(studies.c.study_uid.in_(chunk), locations.c.state == CopyState.VERIFIED.value)
-            .group_by(studies.c.study_uid, locations.c.tier)
-        )
-        for uid, tier, b in rows:
-            out.setdefault(uid, {})[tier] = int(b)
+        multi = []
+        for uid, tiers, size in conn.execute(
+            select(studies.c.study_uid, studies.c.tiers, studies.c.size_bytes).where(studies.c.study_uid.in_(chunk))
+        ):
+            if "\\" in tiers:
+                multi.append(uid)
+            elif tiers:
+                out[uid] = {tiers: int(size)}
+        if multi:
+            out.update(_multi_tier_bytes(conn, studies.c.study_uid.in_(multi)))
     return out

@@ -89,7 +89,7 @@ def batch_for(specs: Iterable[StudySpec], *, with_instances: bool = False, tier:
             key, uid, study_date, s.study_date_raw, s.study_time, s.accession_number, s.description, s.study_id,
             s.referring_physician, s.institution, stations, makers, modalities, sops, parts, s.patient_age,
             False, len(ser), n_inst, size, "active", received, received,
-            s.accesses[-1] if s.accesses else None,
+            s.accesses[-1] if s.accesses else None, tier,
         ))
         for x in ser:
             series_rows.append((
