@@ -121,7 +121,7 @@ def synth(
             + (f"; {report.skipped_studies:,} were already there" if report.skipped_studies else "")
         )
         if not with_instances:
-            console.print("  no instance or location rows (use --with-instances for those): the studies are on no tier")
+            console.print(f"  no instance or location rows (use --with-instances for those); studies are recorded as held on tier {tier!r}")
         return
     assert out_dir is not None
     by_modality: dict[str, int] = {}
