@@ -14,11 +14,10 @@ instance: rows in ilm's catalog, Orthanc's /statistics, files on disk.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from bench import harness as h
+from bench.profile import render_profile, start_profiler, stop_profiler, summarize_profile
 from bench.report import fmt, median, ratio_cell, spread, table, target_cell
 
 NAME = "cstore"
@@ -54,10 +53,10 @@ def _measure(receiver: str, data: Any, timeout: float, profile: str | None = Non
             else:
                 srv = h.start_storescp(folder)
                 ae = "STORESCP"
-            spy = _start_profiler(srv.pid, profile) if profile else None
+            spy = start_profiler(srv.pid, profile) if profile else None
             t = h.run_timed(storescu_cmd(ae, srv.ports["dicom"], str(data.root)), timeout=timeout)
             if spy is not None:
-                _stop_profiler(spy)
+                stop_profiler(spy)
             row.update(seconds=t.seconds, rc=t.rc)
             if receiver == "orthanc":
                 row["stored"] = h.orthanc_count(srv)
@@ -78,26 +77,6 @@ def _measure(receiver: str, data: Any, timeout: float, profile: str | None = Non
         row["instances_per_s"] = data.count / row["seconds"]
         row["mb_per_s"] = data.total_bytes / 1e6 / row["seconds"]
     return row
-
-
-def _start_profiler(pid: int, out: str) -> Any:
-    import subprocess
-
-    spy = h.VENV_BIN / "py-spy"
-    if not spy.exists():
-        raise h.BenchError("py-spy is not installed in .venv (pip install py-spy)")
-    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                             "--threads", "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _stop_profiler(proc: Any) -> None:
-    import signal
-
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except Exception:
-        h.stop_pid(proc.pid)
 
 
 def run(ctx: Any) -> dict[str, Any]:
@@ -122,7 +101,7 @@ def run(ctx: Any) -> dict[str, Any]:
     profile = None
     missed = any((median(_ratios({"rounds": rounds}, a, b)) or 0) < t for a, b, t in TARGETS
                  if a in receivers and b in receivers)
-    have_spy = (h.VENV_BIN / "py-spy").exists()
+    have_spy = h.have_py_spy()
     if missed and not ctx.profile and "ilm" in receivers:
         notes.append("ilm missed a target; " + ("profiled it below." if have_spy else
                      "install py-spy into .venv (`.venv/bin/pip install py-spy`) to get a profile here."))
@@ -134,80 +113,6 @@ def run(ctx: Any) -> dict[str, Any]:
                    "top": summarize_profile(out)}
     return {"instances": data.count, "bytes": data.total_bytes, "receivers": receivers, "rounds": rounds,
             "notes": notes, "profile": profile}
-
-
-_WAIT = __import__("re").compile(r"^(\S*\.)?(select|wait|_wait_for_tstate_lock|sleep|poll|acquire|accept)\b")
-_WAIT_LINE = __import__("re").compile(r"\b(sleep|select|wait|poll|acquire|accept)\(")
-
-
-def _is_waiting(frame: str) -> bool:
-    """Whether a py-spy frame "func (pkg/file.py:LINE)" sits in a sleep/select/wait (by its function or source line)."""
-    import linecache
-    import re
-
-    m = re.search(r"\(([^()]+\.py):(\d+)\)$", frame)
-    if _WAIT.search(frame):
-        return True
-    if not m:
-        return False
-    rel, line = m.group(1), int(m.group(2))
-    for base in sys.path:
-        path = os.path.join(base or ".", rel)
-        if os.path.isfile(path):
-            return bool(_WAIT_LINE.search(linecache.getline(path, line)))
-    return False
-
-
-def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float]]]:
-    """Top functions from py-spy's collapsed stacks: by own time, and by inclusive time for ilm's own code."""
-    import re
-    from collections import Counter
-
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    ours: set[str] = set()
-    lines_own: Counter[str] = Counter()
-    total = waiting = 0
-    try:
-        lines = open(path).read().splitlines()
-    except OSError:
-        return {}
-    for line in lines:
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        c = int(count)
-        raw = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if raw and _is_waiting(raw[-1]):
-            waiting += c
-            total += c
-            continue
-        frames = []
-        for f in stack.split(";"):
-            if f.startswith(("process ", "thread ")):
-                continue
-            # "func (path/to/file.py:123)" -> "func (file.py)": aggregate the lines of a function
-            key = re.sub(r"\((?:.*/)?([^/]+?):\d+\)$", r"(\1)", f)
-            if "(ilm/" in f and "/cli/" not in f:
-                ours.add(key)
-            frames.append(key)
-        if not frames:
-            continue
-        total += c
-        own[frames[-1]] += c
-        lines_own[re.sub(r"\((?:.*?/)?((?:ilm|pynetdicom|pydicom|sqlalchemy)/[^()]+)\)$", r"(\1)", raw[-1])] += c
-        for f in set(frames):
-            incl[f] += c
-    if not total:
-        return {}
-    ilm_incl = Counter({f: c for f, c in incl.items() if f in ours})
-    return {
-        "samples": [("total", float(total))],
-        "waiting": [("select/wait/sleep", round(100 * waiting / total, 1))],
-        "own": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
-        "lines": [(f, round(100 * c / total, 1)) for f, c in lines_own.most_common(n)],
-        "inclusive": [(f, round(100 * c / total, 1)) for f, c in ilm_incl.most_common(n)],
-    }
 
 
 def _rates(res: dict[str, Any], rec: str) -> list[float | None]:
@@ -261,13 +166,5 @@ def render(res: dict[str, Any]) -> str:
         out.append("Failures:\n\n" + "\n".join(errors).replace("\n\n", "\n"))
     prof = res.get("profile")
     if prof and prof.get("top"):
-        out.append(f"Profile of `ilm serve` during one extra run (py-spy, all threads, `{prof['file']}`); "
-                   "share of the samples py-spy took of running threads (it slows the server down while "
-                   f"sampling; {prof['top'].get('waiting', [('', 0)])[0][1]}% of them sat in select/wait/sleep "
-                   "and are left out of the first table):\n\n"
-                   + table(["function (own time)", "%"], [(f"`{f}`", p) for f, p in prof["top"].get("own", [])[:12]])
-                   + "\n\n" + table(["ilm function (inclusive)", "%"],
-                                     [(f"`{f}`", p) for f, p in prof["top"].get("inclusive", [])[:12]])
-                   + "\n\n" + table(["hottest lines (own time)", "%"],
-                                     [(f"`{f}`", p) for f, p in prof["top"].get("lines", [])[:8]]))
+        out.append(render_profile(prof, "during one extra C-STORE run"))
     return "\n\n".join(out)

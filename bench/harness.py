@@ -293,6 +293,10 @@ def ilm_bin() -> str:
     return str(exe) if exe.exists() else "ilm"
 
 
+def have_py_spy() -> bool:
+    return (VENV_BIN / "py-spy").exists()
+
+
 def ilm_has_command(name: str) -> bool:
     """Whether this checkout's CLI has the command ``name`` (serve, synth ...)."""
     r = subprocess.run([ilm_bin(), name, "--help"], capture_output=True, text=True, timeout=60)
@@ -434,6 +438,13 @@ def machine_info() -> dict[str, Any]:
     m = re.search(r"v(\d+\.\d+\.\d+)", dcmtk)
     fs = _first_line(["findmnt", "-no", "FSTYPE", "-T", str(REPO)])
     git = _first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    try:
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        dirty = ""
+    if dirty:
+        git += f" + uncommitted changes in {len(dirty.splitlines())} file(s) under src/"
     return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(),

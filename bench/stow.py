@@ -25,6 +25,7 @@ import uuid
 from typing import Any
 
 from bench import harness as h
+from bench.profile import render_profile, start_profiler, stop_profiler, summarize_profile
 from bench.report import fmt, median, ratio_cell, spread, table, target_cell
 
 NAME = "stow"
@@ -117,7 +118,7 @@ def post_all(port: int, path: str, requests: list[tuple[bytes, str]], threads: i
 
 
 def _measure(system: str, threads: int, data: Any, blobs: list[bytes], bodies: list[tuple[bytes, str]],
-             timeout: float) -> dict[str, Any]:
+             timeout: float, profile: str | None = None) -> dict[str, Any]:
     h.settle()
     row: dict[str, Any] = {"system": system, "threads": threads, "load_before": h.loadavg()}
     with h.scratch(f"stow-{system}") as folder:
@@ -126,7 +127,10 @@ def _measure(system: str, threads: int, data: Any, blobs: list[bytes], bodies: l
             if system == "ilm":
                 home = h.make_ilm_home(folder / "home")
                 srv = h.start_ilm_serve(home)
+                spy = start_profiler(srv.pid, profile) if profile else None
                 seconds, errors = post_all(srv.ports["http"], "/dicomweb/studies", bodies, threads, timeout, _check_ilm)
+                if spy is not None:
+                    stop_profiler(spy)
                 h.stop_server(srv)
                 row["stored"] = h.ilm_instance_count(home)
                 row["requests"] = len(bodies)
@@ -174,8 +178,17 @@ def run(ctx: Any) -> dict[str, Any]:
                 ctx.log(f"  {s}/{c}: " + (f"{row['instances_per_s']:.1f} inst/s ({row['seconds']:.1f} s)"
                                           if row.get("ok") else f"FAILED: {row.get('error', '')[:500]}"))
         rounds.append(res)
-    return {"instances": data.count, "bytes": data.total_bytes, "batch": BATCH, "systems": systems,
-            "concurrency": list(CONCURRENCY), "rounds": rounds, "notes": notes}
+    out = {"instances": data.count, "bytes": data.total_bytes, "batch": BATCH, "systems": systems,
+           "concurrency": list(CONCURRENCY), "rounds": rounds, "notes": notes, "profile": None}
+    missed = "ilm" in systems and any((median(_ratios(out, c)) or 0) < TARGET for c in CONCURRENCY)
+    if (missed or ctx.profile) and h.have_py_spy():
+        c = max(CONCURRENCY)
+        path = h.RESULTS / "stow-ilm-profile.txt"
+        ctx.log(f"stow: profiling ilm serve with py-spy, {c} clients (extra run, not counted) ...")
+        row = _measure("ilm", c, data, blobs, bodies, timeout, profile=str(path))
+        out["profile"] = {"file": f"bench/results/{path.name}", "run": row, "clients": c,
+                          "top": summarize_profile(str(path))}
+    return out
 
 
 def _ratios(res: dict[str, Any], c: int) -> list[float | None]:
@@ -223,4 +236,7 @@ def render(res: dict[str, Any]) -> str:
               for k in rd if not rd[k].get("ok")]
     if errors:
         out.append("Failures:\n\n" + "\n".join(errors))
+    prof = res.get("profile")
+    if prof and prof.get("top"):
+        out.append(render_profile(prof, f"during one extra STOW-RS run with {prof['clients']} clients"))
     return "\n\n".join(out)
