@@ -351,12 +351,28 @@ def start_ilm_serve(home: Path, *, ae_title: str = "ILM") -> Server:
 
 
 def ilm_instance_count(home: Path) -> int:
-    """Instances the catalog of ``home`` holds, by ``ilm studies --json``."""
-    r = subprocess.run([ilm_bin(), "studies", "--home", str(home), "--json", "--limit", "100000"],
-                       capture_output=True, text=True, env=ilm_env(home), timeout=300)
-    if r.returncode != 0:
-        raise BenchError(f"ilm studies failed: {r.stderr[-2000:]}")
-    return sum(int(s["instance_count"]) for s in json.loads(r.stdout))
+    """Instances ``home`` really holds: the smaller of its catalog's instance rows and the objects on its ingest tier.
+
+    Catalog rows are counted with SQL (not through ilm), objects as files in
+    the ingest tier's folder (temporary files of unfinished writes left out).
+    """
+    import sqlalchemy as sa
+
+    from ilm.config import load_settings
+
+    settings = load_settings(home=home, env={})
+    eng = sa.create_engine(settings.catalog_url)
+    try:
+        with eng.connect() as conn:
+            rows = int(conn.execute(sa.text("SELECT count(*) FROM instances")).scalar_one())
+    finally:
+        eng.dispose()
+    tier = settings.tiers[settings.ingest_tier]
+    files = rows
+    if getattr(tier, "kind", "") == "filesystem":
+        root = settings.resolve(tier.path)  # type: ignore[union-attr]
+        files = sum(1 for _, _, names in os.walk(root) for n in names if not n.startswith(".tmp"))
+    return min(rows, files)
 
 
 # -- PostgreSQL -------------------------------------------------------------------
