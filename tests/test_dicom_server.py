@@ -241,7 +241,7 @@ def test_storage_failure_is_out_of_resources(
 ) -> None:
     tier = service.tier("hot")
 
-    def broken_put(key: str, data: bytes, sha256: str) -> None:
+    def broken_put(key: str, data: bytes, sha256: str | None = None) -> None:
         raise StorageError("disk on fire")
 
     monkeypatch.setattr(tier, "put", broken_put)

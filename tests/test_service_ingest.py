@@ -164,3 +164,32 @@ def test_concurrent_ingest_keeps_catalog_consistent(service: ArchiveService, tmp
     assert sum(s.instance_count for s in d.series) == 24
     assert _count(service, "locations") == 24
     assert len(_tier_files(service)) == 24
+
+
+def test_same_dataset_under_another_header_is_a_duplicate(service: ArchiveService, pydicom_test_files: Path) -> None:
+    """STOW-RS keeps the sender's header, C-STORE gets a rebuilt one: same instance."""
+    from ilm.dicom.parse import dataset_bytes
+
+    data = (pydicom_test_files / "CT_small.dcm").read_bytes()
+    assert service.ingest_bytes(data, "stow").status is IngestStatus.STORED
+    ds = pydicom.dcmread(pydicom_test_files / "CT_small.dcm")
+    meta = ds.file_meta
+    meta.ImplementationClassUID = "1.2.3.4.5"
+    meta.ImplementationVersionName = "OTHER_SCU"
+    again = service.ingest_dataset(meta, dataset_bytes(data), "cstore")
+    assert again.status is IngestStatus.DUPLICATE
+    assert _count(service, "conflicts") == 0
+
+
+def test_resend_after_move_to_another_tier_is_a_duplicate_and_leaves_no_orphan(
+    service: ArchiveService, pydicom_test_files: Path
+) -> None:
+    from ilm.lifecycle.move import move_study
+
+    src = pydicom_test_files / "CT_small.dcm"
+    service.ingest_path(src)
+    uid = pydicom.dcmread(src).StudyInstanceUID
+    assert move_study(service.catalog, service.tier, uid, "warm").moved == 1
+    assert service.ingest_path(src).status is IngestStatus.DUPLICATE
+    assert _tier_files(service, "hot") == []  # the re-sent copy written to hot was removed
+    assert len(_tier_files(service, "warm")) == 1

@@ -22,10 +22,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from ilm.catalog import Catalog
-from ilm.catalog.queries import archive_summary, find_instance, list_studies, study_detail
+from ilm.catalog.queries import archive_summary, find_instance, instance_locations, list_studies, location_exists, study_detail
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
-from ilm.dicom.parse import part10_bytes, read_instance
+from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
 from ilm.errors import IlmError, NotFound, RejectedInstance, StorageError
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
@@ -108,6 +108,7 @@ class ArchiveService:
         self._tiers: dict[str, Tier] = {}
         self._tier_lock = threading.Lock()
         self._sop_lock = _StripedLock()
+        self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveService":
@@ -172,7 +173,9 @@ class ArchiveService:
         return report
 
     def _store(self, f: InstanceFacts, blob: bytes, source: str) -> IngestResult:
-        sha = hashlib.sha256(blob).hexdigest()
+        """Write first, then catalog: the common case (a new instance) costs one
+        hash, one exclusive write and one transaction. A re-send finds the key
+        taken, or the catalog row present, and is sorted out on that slower path."""
         base = dict(
             source=source,
             sop_instance_uid=f.sop_instance_uid,
@@ -184,21 +187,23 @@ class ArchiveService:
         tier_name = self.settings.ingest_tier
         key = instance_key(f.study_instance_uid, f.series_instance_uid, f.sop_instance_uid)
         with self._sop_lock(f.sop_instance_uid):
-            try:
-                with self.catalog.read() as conn:
-                    known = find_instance(conn, f.sop_instance_uid)
-            except SQLAlchemyError as exc:
-                return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", retryable=True, **base)  # type: ignore[arg-type]
-            if known is not None:
-                return self._known(f, blob, sha, known, base)
+            wrote = False
             try:
                 tier = self.tier(tier_name)
-                tier.put(key, blob, sha)
+                sha = tier.put(key, blob).sha256
+                wrote = True
             except ObjectExists:
-                # An object the catalog does not know: left by a crash between
-                # write and commit. Adopt it only if it is the very same bytes.
+                sha = hashlib.sha256(blob).hexdigest()
                 try:
+                    with self.catalog.read() as conn:
+                        known = find_instance(conn, f.sop_instance_uid)
+                    if known is not None:
+                        return self._known(f, blob, sha, known, base)
+                    # An object the catalog does not know: left by a crash between
+                    # write and commit. Adopt it only if it is the very same bytes.
                     held = tier.stat(key)
+                except SQLAlchemyError as exc:
+                    return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", retryable=True, **base)  # type: ignore[arg-type]
                 except StorageError as exc:
                     return IngestResult(IngestStatus.REJECTED, reason=str(exc), retryable=True, **base)  # type: ignore[arg-type]
                 if held.sha256 != sha:
@@ -209,24 +214,49 @@ class ArchiveService:
                 )
             try:
                 with self.catalog.write() as conn:
-                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=_now())
+                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=_now(),
+                                               patient_cache=self._patient_pks)
             except SQLAlchemyError as exc:
-                try:
-                    tier.delete(key)  # not catalogued: must not stay as an orphan
-                except StorageError:
-                    pass  # left for reconcile; an identical re-send adopts it
+                if wrote:
+                    self._discard(tier, key)
                 return IngestResult(IngestStatus.REJECTED, reason=f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300], retryable=True, **base)  # type: ignore[arg-type]
-            if not inserted:  # another process catalogued it between our check and commit
+            if not inserted:
+                # Catalogued already (it may live on another tier now, or another
+                # process stored it a moment ago): undo our write unless the
+                # catalog points at that very object.
                 with self.catalog.read() as conn:
                     known = find_instance(conn, f.sop_instance_uid)
+                    ours = location_exists(conn, tier_name, key)
+                if wrote and not ours:
+                    self._discard(tier, key)
                 assert known is not None
                 return self._known(f, blob, sha, known, base)
         return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
 
+    @staticmethod
+    def _discard(tier: Tier, key: str) -> None:
+        try:
+            tier.delete(key)  # not catalogued: must not stay as an orphan
+        except StorageError:
+            pass  # left for reconcile; an identical re-send adopts it
+
     def _known(self, f: InstanceFacts, blob: bytes, sha: str, known: tuple[str, int], base: dict[str, object]) -> IngestResult:
-        if known[0] == sha:
+        if known[0] == sha or self._same_dataset(f, blob):
             return IngestResult(IngestStatus.DUPLICATE, reason="already stored, identical", **base)  # type: ignore[arg-type]
         return self._conflict(f, blob, sha, base, "SOP Instance UID already stored with other content")
+
+    def _same_dataset(self, f: InstanceFacts, blob: bytes) -> bool:
+        """The same dataset under another file meta header (C-STORE rebuilds the
+        header, STOW-RS and import keep the sender's) is a duplicate, not a conflict."""
+        with self.catalog.read() as conn:
+            copies = instance_locations(conn, f.sop_instance_uid)
+        for tier_name, key in copies:
+            try:
+                stored = self.tier(tier_name).get(key)
+            except (StorageError, IlmError):
+                continue
+            return dataset_bytes(stored) == dataset_bytes(blob)
+        return False
 
     def _conflict(self, f: InstanceFacts, blob: bytes, sha: str, base: dict[str, object], why: str) -> IngestResult:
         """Keep the newcomer aside in the conflicts folder; the stored copy is untouched."""

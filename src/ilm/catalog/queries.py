@@ -10,7 +10,9 @@ from sqlalchemy.engine import Connection
 from ilm.catalog.schema import instances, locations, patients, series, studies
 from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter, StudySummary, SummaryRow
 
-__all__ = ["list_studies", "study_detail", "find_instance", "archive_summary"]
+__all__ = [
+    "list_studies", "study_detail", "find_instance", "archive_summary", "location_exists", "instance_locations",
+]
 
 
 def _split(text: str) -> tuple[str, ...]:
@@ -23,6 +25,20 @@ def find_instance(conn: Connection, sop_uid: str) -> tuple[str, int] | None:
         select(instances.c.sha256, instances.c.size_bytes).where(instances.c.sop_uid == sop_uid)
     ).first()
     return None if row is None else (row.sha256, int(row.size_bytes))
+
+
+def location_exists(conn: Connection, tier: str, key: str) -> bool:
+    return conn.execute(
+        select(locations.c.id).where(locations.c.tier == tier, locations.c.object_key == key).limit(1)
+    ).first() is not None
+
+
+def instance_locations(conn: Connection, sop_uid: str) -> list[tuple[str, str]]:
+    """(tier, key) of the verified copies of an instance."""
+    return [(r[0], r[1]) for r in conn.execute(
+        select(locations.c.tier, locations.c.object_key).join(instances, instances.c.id == locations.c.instance_pk)
+        .where(instances.c.sop_uid == sop_uid, locations.c.state == "verified")
+    )]
 
 
 def _summary(row: Any, tiers: tuple[str, ...]) -> StudySummary:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.engine import Connection, CursorResult
 
 from ilm.catalog.schema import conflicts, instances, locations, patients, series, studies
@@ -34,7 +34,10 @@ def merge_multi(current: str, value: str) -> str:
     return "\\".join(sorted(items))
 
 
-def _patient_pk(conn: Connection, f: InstanceFacts) -> int:
+def _patient_pk(conn: Connection, f: InstanceFacts, cache: dict[tuple[str, str], int] | None) -> int:
+    ident = (f.patient_id, f.issuer_of_patient_id)
+    if cache is not None and ident in cache:
+        return cache[ident]
     key = (patients.c.patient_id == f.patient_id) & (patients.c.issuer == f.issuer_of_patient_id)
     pk = conn.execute(select(patients.c.id).where(key)).scalar()
     if pk is None:
@@ -52,7 +55,25 @@ def _patient_pk(conn: Connection, f: InstanceFacts) -> int:
             ["patient_id", "issuer"],
         )
         pk = conn.execute(select(patients.c.id).where(key)).scalar_one()
+    if cache is not None:
+        cache[ident] = int(pk)
     return int(pk)
+
+
+# Statements of the ingest hot path, built once: SQLAlchemy then only binds
+# parameters and finds the compiled form in its cache.
+_STUDY_ROW = (
+    select(studies.c.id, studies.c.modalities, studies.c.sop_classes, studies.c.body_parts,
+           studies.c.station_names, studies.c.manufacturers, studies.c.patient_age, studies.c.tiers)
+    .where(studies.c.study_uid == bindparam("uid"))
+    .with_for_update()
+)
+_SERIES_PK = select(series.c.id).where(series.c.series_uid == bindparam("uid"))
+_BUMP_SERIES = (
+    update(series)
+    .where(series.c.id == bindparam("pk"))
+    .values(instance_count=series.c.instance_count + 1, size_bytes=series.c.size_bytes + bindparam("size"))
+)
 
 
 def record_instance(
@@ -64,50 +85,40 @@ def record_instance(
     tier: str,
     key: str,
     now: datetime,
+    patient_cache: dict[tuple[str, str], int] | None = None,
 ) -> bool:
     """Catalog one stored instance and its verified copy on ``tier``.
 
     Returns False, changing nothing, when the SOP Instance UID is already
     catalogued (a concurrent store won the race). Runs inside the caller's
-    transaction.
+    transaction. ``patient_cache`` may carry patient ids between calls:
+    patient rows are never deleted.
     """
-    patient_pk = _patient_pk(conn, f)
-    insert_ignore(
-        conn,
-        studies,
-        dict(
-            study_uid=f.study_instance_uid,
-            patient_pk=patient_pk,
-            study_date=f.study_date,
-            study_date_raw=f.study_date_raw,
-            study_time=f.study_time,
-            accession_number=f.accession_number,
-            description=f.study_description,
-            study_id=f.study_id,
-            referring_physician=f.referring_physician,
-            institution_name=f.institution_name,
-            patient_age=f.patient_age,
-            patient_identity_removed=f.patient_identity_removed,
-            received_at=now,
-            updated_at=now,
-        ),
-        ["study_uid"],
-    )
-    study = conn.execute(
-        select(
-            studies.c.id,
-            studies.c.modalities,
-            studies.c.sop_classes,
-            studies.c.body_parts,
-            studies.c.station_names,
-            studies.c.manufacturers,
-            studies.c.patient_age,
-            studies.c.tiers,
+    study = conn.execute(_STUDY_ROW, {"uid": f.study_instance_uid}).first()
+    if study is None:
+        insert_ignore(
+            conn,
+            studies,
+            dict(
+                study_uid=f.study_instance_uid,
+                patient_pk=_patient_pk(conn, f, patient_cache),
+                study_date=f.study_date,
+                study_date_raw=f.study_date_raw,
+                study_time=f.study_time,
+                accession_number=f.accession_number,
+                description=f.study_description,
+                study_id=f.study_id,
+                referring_physician=f.referring_physician,
+                institution_name=f.institution_name,
+                patient_age=f.patient_age,
+                patient_identity_removed=f.patient_identity_removed,
+                received_at=now,
+                updated_at=now,
+            ),
+            ["study_uid"],
         )
-        .where(studies.c.study_uid == f.study_instance_uid)
-        .with_for_update()
-    ).one()
-    series_pk = conn.execute(select(series.c.id).where(series.c.series_uid == f.series_instance_uid)).scalar()
+        study = conn.execute(_STUDY_ROW, {"uid": f.study_instance_uid}).one()
+    series_pk = conn.execute(_SERIES_PK, {"uid": f.series_instance_uid}).scalar()
     new_series = 0
     if series_pk is None:
         insert_ignore(
@@ -125,11 +136,10 @@ def record_instance(
             ),
             ["series_uid"],
         )
-        series_pk = conn.execute(select(series.c.id).where(series.c.series_uid == f.series_instance_uid)).scalar_one()
+        series_pk = conn.execute(_SERIES_PK, {"uid": f.series_instance_uid}).scalar_one()
         new_series = 1
-    inserted = insert_ignore(
-        conn,
-        instances,
+    instance_pk = conn.execute(
+        _insert_ignore_stmt(conn, instances, ["sop_uid"]).returning(instances.c.id),
         dict(
             sop_uid=f.sop_instance_uid,
             series_pk=series_pk,
@@ -141,13 +151,12 @@ def record_instance(
             sha256=sha256,
             received_at=now,
         ),
-        ["sop_uid"],
-    )
-    if inserted.rowcount == 0:
+    ).scalar()
+    if instance_pk is None:
         return False
-    instance_pk = conn.execute(select(instances.c.id).where(instances.c.sop_uid == f.sop_instance_uid)).scalar_one()
     conn.execute(
-        locations.insert().values(
+        locations.insert(),
+        dict(
             instance_pk=instance_pk,
             tier=tier,
             object_key=key,
@@ -156,7 +165,7 @@ def record_instance(
             state=CopyState.VERIFIED.value,
             created_at=now,
             verified_at=now,
-        )
+        ),
     )
     conn.execute(
         update(studies)
@@ -175,12 +184,16 @@ def record_instance(
             updated_at=now,
         )
     )
-    conn.execute(
-        update(series)
-        .where(series.c.id == series_pk)
-        .values(instance_count=series.c.instance_count + 1, size_bytes=series.c.size_bytes + size)
-    )
+    conn.execute(_BUMP_SERIES, {"pk": series_pk, "size": size})
     return True
+
+
+def _insert_ignore_stmt(conn: Connection, table: Table, keys: list[str]) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table).on_conflict_do_nothing(index_elements=keys)
 
 
 def record_conflict(

@@ -30,7 +30,7 @@ from ilm.errors import InvalidUID, RejectedInstance
 from ilm.models import InstanceFacts
 from ilm.uids import validate_uid
 
-__all__ = ["read_instance", "part10_bytes", "parse_da", "facts_from_dataset"]
+__all__ = ["read_instance", "part10_bytes", "parse_da", "facts_from_dataset", "dataset_bytes"]
 
 _UNDEFINED = 0xFFFFFFFF
 _DA = re.compile(r"(\d{4})(\d{2})(\d{2})")
@@ -214,3 +214,15 @@ def read_instance(data: bytes, what: str = "file") -> tuple[InstanceFacts, bytes
     except Exception as exc:
         raise RejectedInstance(f"{what} cannot be rewritten as a Part 10 file: {type(exc).__name__}: {exc}") from None
     return facts, buf.getvalue()
+
+
+def dataset_bytes(data: bytes) -> bytes:
+    """The encoded dataset of a Part 10 file, without preamble and file meta.
+
+    Uses the meta's group length, which every conformant writer includes;
+    without one, the whole file is returned (compared as is).
+    """
+    if len(data) < 144 or data[128:132] != b"DICM" or data[132:138] != b"\x02\x00\x00\x00UL":
+        return data
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length:]

@@ -41,12 +41,14 @@ class Tier(Protocol):
 
     name: str
 
-    def put(self, key: str, data: bytes, sha256: str) -> StoredObject:
-        """Store ``data`` at ``key`` atomically, never overwriting.
+    def put(self, key: str, data: bytes, sha256: str | None = None) -> StoredObject:
+        """Store ``data`` at ``key`` atomically, never overwriting; return its SHA-256.
 
-        ``sha256`` is the hex digest the caller computed; the backend makes sure
-        what it holds matches it (IntegrityError otherwise) and raises
-        ObjectExists if the key is taken. A failed put leaves nothing behind.
+        With ``sha256`` (the digest the caller expects, as a move passes the
+        catalog's), data that does not hash to it is refused with
+        IntegrityError; without it, the backend computes the digest once and
+        returns it. ObjectExists if the key is taken. A failed put leaves
+        nothing behind.
         """
         ...
 
