@@ -97,6 +97,7 @@ def run(ctx: Any) -> dict[str, Any]:
             results[rec] = row
             ctx.log(f"  {rec}: " + (f"{row['instances_per_s']:.1f} inst/s ({row['seconds']:.1f} s)" if row.get("ok")
                                      else f"FAILED: {row.get('error', '')[:500]}"))
+        results["disk"] = h.disk_flush_cost(data.total_bytes // data.count)
         rounds.append(results)
     profile = None
     missed = any((median(_ratios({"rounds": rounds}, a, b)) or 0) < t for a, b, t in TARGETS
@@ -165,10 +166,19 @@ def render(res: dict[str, Any]) -> str:
                "and indexes it in its SQLite database; **pynetdicom storescp** writes the file (no fsync, no "
                "index, no checksum). Orthanc's C-STORE rate is bounded by its DICOM network layer (dcmtk), not by "
                "its storage: its REST ingest of the same files (next section) is about ten times faster.")
+    disk = [rd["disk"] for rd in res["rounds"] if rd.get("disk")]
+    if disk:
+        w, f, fd = (median(d[k] for d in disk) for k in ("write_ms", "fsync_ms", "fsync_dir_ms"))
+        out.append(f"The disk, measured in the same rounds (150 files of each kind, one instance's size, alternating): a plain write takes "
+                   f"{fmt(w, 2)} ms, write + fsync {fmt(f, 2)} ms, write + fsync + fsync of the folder {fmt(fd, 2)} ms. "
+                   "storescu waits for each answer before it sends the next instance, so a receiver that flushes "
+                   "before answering pays this on every instance: that alone caps it at "
+                   f"{fmt(1000 / fd if fd else None, 0)} instances/s with the folder flush, "
+                   f"{fmt(1000 / f if f else None, 0)} without it.")
     for note in res.get("notes", []):
         out.append(f"Note: {note}")
     errors = [f"- {rec} round {i + 1}: {rd[rec].get('error', '')[:300]}" for i, rd in enumerate(res["rounds"])
-              for rec in rd if not rd[rec].get("ok")]
+              for rec in res["receivers"] if rec in rd and not rd[rec].get("ok")]
     if errors:
         out.append("Failures:\n\n" + "\n".join(errors).replace("\n\n", "\n"))
     prof = res.get("profile")

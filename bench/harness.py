@@ -214,6 +214,37 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
     return Timed(rc, seconds, rss, text, tree)
 
 
+def disk_flush_cost(size: int, n: int = 150) -> dict[str, float]:
+    """Mean milliseconds per file of ``size`` bytes written to the bench's file system: plain write,
+    write + fsync, write + fsync + fsync of the folder (what a durable atomic put costs at least).
+    The three kinds alternate file by file, so a burst of load elsewhere hits them alike."""
+    import uuid
+
+    data = os.urandom(size)
+    modes = ("write", "fsync", "fsync_dir")
+    spent = dict.fromkeys(modes, 0.0)
+    with scratch("disk") as folder:
+        settle()
+        for _ in range(n):
+            for mode in modes:
+                t0 = time.perf_counter()
+                fd = os.open(folder / uuid.uuid4().hex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, data)
+                    if mode != "write":
+                        os.fsync(fd)
+                finally:
+                    os.close(fd)
+                if mode == "fsync_dir":
+                    dfd = os.open(folder, os.O_RDONLY)
+                    try:
+                        os.fsync(dfd)
+                    finally:
+                        os.close(dfd)
+                spent[mode] += time.perf_counter() - t0
+    return {f"{m}_ms": round(spent[m] / n * 1000, 2) for m in modes}
+
+
 def count_files(folder: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
 
