@@ -367,3 +367,17 @@ class ArchiveService:
     def recover(self) -> RecoveryReport:
         """Finish or roll back moves a crash interrupted."""
         return recover_moves(self.catalog, self.tier)
+
+    def scheduled_run(self, *, today: date | None = None) -> tuple[PlanRow, ApplyReport | None]:
+        """Plan the configured schedule policy; apply it only when the policy is
+        marked auto_apply and contains no expiry rule. Otherwise the plan waits
+        for approval (ilm apply)."""
+        path = self.settings.lifecycle.schedule_policy
+        if not path:
+            raise IlmError("no lifecycle.schedule_policy in the configuration")
+        source = self.read_policy(self.settings.resolve(path))
+        result = make_plan(self.catalog, self.settings, source, as_of=today or date.today(), created_by="ilm-scheduler")
+        if not source.policy.may_auto_apply:
+            return result.plan, None
+        by = f"auto_apply ({source.policy.name})"
+        return result.plan, apply_plan(self.catalog, self.settings, self.tier, result.plan.id, source, approved_by=by)

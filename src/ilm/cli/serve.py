@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ilm.cli.app import HomeOption, app, console, fail, open_service
 from ilm.config import DicomSettings, HttpSettings
+from ilm.service import ArchiveService
 
 
 def _override(model: DicomSettings | HttpSettings, what: str, **changes: object) -> DicomSettings | HttpSettings:
@@ -60,6 +61,13 @@ def serve(
         signal.signal(sig, on_signal)
 
     with open_service(home) as service:
+        recovered = service.recover()  # finish or undo moves a crash interrupted, before serving
+        if recovered.rolled_back or recovered.finished or recovered.problems:
+            console.print(f"recovered interrupted moves: {recovered.finished} finished, {recovered.rolled_back} rolled back",
+                          highlight=False)
+            for p in recovered.problems:
+                logging.getLogger("ilm").warning("recovery: %s", p)
+        scheduler = _start_scheduler(service, stop)
         dicom = _override(service.settings.dicom, "DICOM settings", port=dicom_port, ae_title=ae_title, host=host)
         http = _override(service.settings.http, "HTTP settings", port=http_port, host=host)
         assert isinstance(dicom, DicomSettings) and isinstance(http, HttpSettings)
@@ -85,5 +93,34 @@ def serve(
                 fail(f"cannot listen for HTTP on {http.host}:{http.port}", 2)
             raise
         finally:
+            stop.set()
             scp.shutdown()
+            if scheduler is not None:
+                scheduler.join(timeout=30)
     console.print("stopped", highlight=False)
+
+
+def _start_scheduler(service: "ArchiveService", stop: threading.Event) -> threading.Thread | None:
+    """Plan lifecycle.schedule_policy now and every schedule_interval_minutes."""
+    lc = service.settings.lifecycle
+    if not lc.schedule_policy:
+        return None
+    log = logging.getLogger("ilm.scheduler")
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                plan, report = service.scheduled_run()
+                if report is None:
+                    log.info("planned %s from %s; waiting for approval (ilm apply %s)", plan.id, lc.schedule_policy, plan.id)
+                else:
+                    log.info("applied %s automatically: %d done, %d skipped, %d failed", plan.id, report.done,
+                             len(report.skipped), len(report.failed))
+            except Exception as exc:  # a bad policy file must not stop the archive
+                log.error("scheduled policy %s failed: %s", lc.schedule_policy, exc)
+            stop.wait(lc.schedule_interval_minutes * 60)
+
+    t = threading.Thread(target=loop, name="ilm-scheduler", daemon=True)
+    t.start()
+    console.print(f"lifecycle: planning {lc.schedule_policy} every {lc.schedule_interval_minutes} min", highlight=False)
+    return t
