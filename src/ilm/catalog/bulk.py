@@ -56,8 +56,7 @@ __all__ = [
     "PATIENT_COLUMNS",
     "STUDY_COLUMNS",
     "SERIES_COLUMNS",
-    "INSTANCE_COLUMNS",
-]
+    "INSTANCE_COLUMNS", "set_received"]
 
 PATIENT_COLUMNS = ("name", "birth_date", "birth_date_raw", "sex")
 STUDY_COLUMNS = (
@@ -354,6 +353,24 @@ def set_last_accessed(catalog: Catalog, last_access: dict[str, Any], chunk: int 
         .values(last_accessed_at=bindparam("at"))
     )
     items = [{"uid": uid, "at": at} for uid, at in last_access.items() if at is not None]
+    n = 0
+    for part in _chunks(items, chunk):
+        with catalog.write() as conn:
+            r = conn.execute(stmt, list(part))
+            n += max(r.rowcount, 0)
+    return n
+
+
+def set_received(catalog: Catalog, received: dict[str, Any], chunk: int = 10_000) -> int:
+    """Set ``studies.received_at`` to an earlier moment (a history replayed from
+    elsewhere, as the demo does for its synthetic years); a later value is never
+    set. Returns the number of studies updated."""
+    stmt = (
+        update(studies)
+        .where(studies.c.study_uid == bindparam("uid"), studies.c.received_at > bindparam("at"))
+        .values(received_at=bindparam("at"))
+    )
+    items = [{"uid": uid, "at": at} for uid, at in received.items() if at is not None]
     n = 0
     for part in _chunks(items, chunk):
         with catalog.write() as conn:

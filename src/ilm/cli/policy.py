@@ -67,8 +67,10 @@ def _print_summary(summary: dict[str, Any], plan_id: str | None) -> None:
         console.print(v)
     if summary.get("unknown_facts"):
         console.print("kept for missing facts: " + ", ".join(f"{k} ({n})" for k, n in summary["unknown_facts"].items()))
-    console.print(f"monthly storage cost: ${summary['monthly_cost_before']:,.2f} before, "
-                  f"${summary['monthly_cost_after']:,.2f} after", highlight=False)
+    before, after = summary["monthly_cost_before"], summary["monthly_cost_after"]
+    digits = 2 if max(before, after) >= 10 else 4
+    console.print(f"monthly storage cost: ${before:,.{digits}f} before, ${after:,.{digits}f} after"
+                  + (f" (saves {1 - after / before:.0%})" if before > 0 else ""), highlight=False)
 
 
 @plan_app.callback()

@@ -228,6 +228,7 @@ def demo(
         touched = apply_access_history(service.catalog, generate(cfg))
         console.print(f"access history: last access of {touched:,} studies set from the plan's reads")
         print_summary(service)
+        _demo_lifecycle(service, home, cfg.reference)
     finally:
         service.close()
     console.print(
@@ -237,3 +238,38 @@ def demo(
     )
     if report.rejected or report.conflicts:
         raise typer.Exit(1)
+
+
+def _demo_lifecycle(service: ArchiveService, home: Path, today: date) -> None:
+    """Plan the bundled demo policy, show the preview, apply it, show the tiers after."""
+    from importlib.resources import files as package_files
+
+    from ilm.cli.policy import _print_summary
+
+    policy = home / "demo-policy.yaml"
+    if not policy.exists():
+        policy.write_text(package_files("ilm").joinpath("data/demo-policy.yaml").read_text(encoding="utf-8"))
+    console.rule("lifecycle: plan")
+    console.print(f"policy {policy}", highlight=False)
+    # A legal hold on one study the policy would expire, to show a safety net at work.
+    preview = service.plan(policy, as_of=today, by="ilm-demo", store=False)
+    expiring = [d.study_uid for d in preview.decisions if d.action.value == "expire"]
+    if expiring and not any(h.target == expiring[0] for h in service.holds()):
+        hold = service.hold_add("study", expiring[0], "demo: records requested by counsel", "ilm-demo")
+        console.print(f"legal hold {hold} placed on {expiring[0]} (ilm hold list)", highlight=False)
+    result = service.plan(policy, as_of=today, by="ilm-demo")
+    _print_summary(result.plan.summary, result.plan.id)
+    pending = sum(1 for a in service.plan_actions(result.plan.id) if a.state == "pending")
+    console.rule("lifecycle: apply")
+    with _progress("applying") as bar:
+        task = bar.add_task("apply", total=pending)
+        report = service.apply(result.plan.id, approved_by="ilm-demo", progress=lambda a, st: bar.advance(task))
+    console.print(f"applied {result.plan.id}: {report.done} done, {len(report.skipped)} skipped, "
+                  f"{len(report.failed)} failed; {human_bytes(report.bytes_moved)} moved to cheaper storage; "
+                  f"expired studies wait {service.settings.lifecycle.quarantine_days} days in quarantine "
+                  "(ilm restore UID brings one back)", highlight=False)
+    console.rule("after")
+    print_summary(service)
+    breaks = service.audit_verify()
+    console.print(f"audit trail: {len(service.audit())} entries, {'intact' if not breaks else 'BROKEN'} "
+                  f"(ilm audit --home {home})", highlight=False)

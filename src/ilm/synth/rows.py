@@ -33,7 +33,7 @@ from queue import Empty
 from typing import Any
 
 from ilm.catalog import Catalog
-from ilm.catalog.bulk import BulkBatch, BulkCounts, BulkLoader, set_last_accessed
+from ilm.catalog.bulk import BulkBatch, BulkCounts, BulkLoader, set_last_accessed, set_received
 from ilm.synth.plan import StudySpec, SynthConfig, generate_blocks
 
 __all__ = ["load_catalog", "apply_access_history", "batch_for", "LoadReport", "NO_OBJECT_SHA256", "EXPLICIT_VR_LITTLE_ENDIAN"]
@@ -222,5 +222,8 @@ def load_catalog(
 def apply_access_history(catalog: Catalog, specs: Iterable[StudySpec]) -> int:
     """Set ``last_accessed_at`` of the plan's studies already in ``catalog`` from
     their access histories (a newer value already recorded is kept). Returns the
-    number of studies changed."""
+    number of studies changed. Also moves ``received_at`` back to when the
+    study would have arrived, so that the archive looks its age to policies."""
+    specs = list(specs)
+    set_received(catalog, {s.study_uid: s.acquired_at + _RECEIVED_AFTER for s in specs})
     return set_last_accessed(catalog, {s.study_uid: s.accesses[-1] for s in specs if s.accesses})
