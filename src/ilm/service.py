@@ -31,6 +31,8 @@ from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, S
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
 from ilm import audit as audit_chain
+from ilm.access import AccessRecorder
+from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.audit import read_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows
@@ -109,13 +111,17 @@ class ArchiveService:
         self._tier_lock = threading.Lock()
         self._sop_lock = _StripedLock()
         self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
+        self.access = AccessRecorder(self.catalog)
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveService":
         return cls(settings)
 
     def close(self) -> None:
-        self.catalog.close()
+        try:
+            self.access.close()
+        finally:
+            self.catalog.close()
 
     def tier(self, name: str) -> Tier:
         """The backend of tier ``name``, opened on first use."""
@@ -274,6 +280,22 @@ class ArchiveService:
         except (OSError, SQLAlchemyError) as exc:
             return IngestResult(IngestStatus.REJECTED, reason=f"{why}; could not keep it aside: {exc}", retryable=True, **base)  # type: ignore[arg-type]
         return IngestResult(IngestStatus.CONFLICT, reason=why, kept_aside_at=str(path), **base)  # type: ignore[arg-type]
+
+    # -- retrieval -------------------------------------------------------------
+
+    def instances_to_read(self, study_uid: str, series_uid: str | None = None,
+                          sop_uid: str | None = None) -> list[InstanceRef]:
+        """The instances of an active study, series or instance, each from its hottest verified copy."""
+        with self.catalog.read() as conn:
+            return instance_refs(conn, study_uid, series_uid, sop_uid, list(self.settings.tiers))
+
+    def read(self, ref: InstanceRef) -> bytes:
+        """The stored Part 10 bytes of one instance (StorageError if its tier fails)."""
+        return self.tier(ref.tier).get(ref.key)
+
+    def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
+        """Record a retrieval (not a query); written to the catalog in batches."""
+        self.access.note(study_uid, interface, who, instances)
 
     # -- queries --------------------------------------------------------------
 

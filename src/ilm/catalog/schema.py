@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
-    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones",
+    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log",
 ]
 
 metadata = MetaData(
@@ -266,4 +266,21 @@ tombstones = Table(
     Column("approved_by", String(128)),
     Column("expired_at", TS, nullable=False),
     Column("purged_at", TS, nullable=False),
+)
+
+# -- access (migration 0004) -------------------------------------------------
+
+# One row per retrieval (C-GET, C-MOVE, WADO-RS, export); queries do not count,
+# as S3 does not count HEAD or LIST. Written in batches by the service.
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", TS, nullable=False),
+    Column("study_uid", UID, nullable=False),
+    Column("interface", String(16), nullable=False),  # c-get | c-move | wado-rs | export
+    Column("who", String(128), nullable=False, server_default=""),  # calling AE title or user
+    Column("instances", Integer, nullable=False, server_default="0"),
+    Index("ix_access_log_study", "study_uid"),
+    Index("ix_access_log_at", "at"),
 )
