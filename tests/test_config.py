@@ -111,3 +111,20 @@ def test_lifecycle_section(tmp_path: Path) -> None:
     (tmp_path / "ilm.toml").write_text(text)
     with pytest.raises(ConfigError, match="'lifecycle.maintenance_window'.*invalid time"):
         load_settings(home=tmp_path, env={})
+
+
+@pytest.mark.parametrize("value, ok", [("85%", True), ("500GB", True), ("120%", False), ("lots", False)])
+def test_watermark_values(tmp_path: Path, value: str, ok: bool) -> None:
+    (tmp_path / "ilm.toml").write_text(f"[tiers.hot]\nkind='filesystem'\npath='x'\nhigh_watermark='{value}'\n")
+    if ok:
+        assert load_settings(home=tmp_path, env={}).tiers["hot"].high_watermark == value
+    else:
+        with pytest.raises(ConfigError, match="'tiers.hot.high_watermark'"):
+            load_settings(home=tmp_path, env={})
+
+
+def test_move_destinations(tmp_path: Path) -> None:
+    (tmp_path / "ilm.toml").write_text(
+        "[dicom.destinations.VIEWER]\nhost='127.0.0.1'\nport=4006\n[tiers.hot]\nkind='filesystem'\npath='x'\n")
+    s = load_settings(home=tmp_path, env={})
+    assert s.dicom.destinations["VIEWER"].port == 4006

@@ -30,6 +30,8 @@ __all__ = [
     "write_default_config",
     "CONFIG_NAME",
     "LifecycleSettings",
+    "DestinationSettings",
+    "PrefetchSettings",
 ]
 
 CONFIG_NAME = "ilm.toml"
@@ -39,11 +41,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PrefetchSettings(_Strict):
+    """Which priors to promote when a new study of the patient arrives."""
+
+    count: int = Field(3, ge=1, le=100)          # at most this many priors per new study
+    max_age_years: int = Field(10, ge=1)         # ignore priors older than this
+    match: Literal["modality", "body_part", "either"] = "either"
+
+
 class _TierCommon(_Strict):
     cost_per_gb_month: float = Field(0.0, ge=0)
     retrieval_cost_per_gb: float = Field(0.0, ge=0)
     retrieval_latency_seconds: float = Field(0.0, ge=0)
     min_storage_days: int = Field(0, ge=0)
+    # Archive class (tape, Glacier): a read needs a restore that completes after
+    # retrieval_latency_seconds; the restored copy is kept restored_copy_days.
+    archive: bool = False
+    restored_copy_days: int = Field(7, ge=0)
+    # Access-based tiering: studies not read for cooling_days move to the next tier.
+    cooling_days: int | None = Field(None, ge=1)
+    # What a read of a study on this tier does: nothing, promote it to the
+    # first tier, or (on arrival of a new study) promote the patient's priors.
+    retrieval_policy: Literal["never", "on_read", "prefetch_priors"] = "never"
+    prefetch: PrefetchSettings = PrefetchSettings()
+    # Capacity watermarks: "85%" of the file system or a size such as "500GB".
+    high_watermark: str | None = None
+    low_watermark: str | None = None
+    expected_daily_gb: float = Field(0.0, ge=0)  # arrivals to keep room for (dcm4chee style)
+    # Store a whole study as one object with an index (cold object/archive tiers).
+    pack_studies: bool = False
+
+    @field_validator("high_watermark", "low_watermark")
+    @classmethod
+    def _watermark(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        text = v.strip()
+        if text.endswith("%"):
+            try:
+                pct = float(text[:-1])
+            except ValueError:
+                raise ValueError(f"{v!r} is not a percentage such as '85%'") from None
+            if not 0 < pct <= 100:
+                raise ValueError(f"{v!r}: a percentage must be above 0 and at most 100")
+            return text
+        from ilm.policy.sizes import parse_size
+
+        try:
+            parse_size(text)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is neither a percentage ('85%') nor a size ('500GB'): {exc}") from None
+        return text
 
 
 class FilesystemTierSettings(_TierCommon):
@@ -79,11 +127,23 @@ class IngestSettings(_Strict):
     conflicts_dir: str = "conflicts"
 
 
+class DestinationSettings(_Strict):
+    """A C-MOVE destination: the AE title a move request names, and where it listens."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
 class DicomSettings(_Strict):
     ae_title: str = Field("ILM", min_length=1, max_length=16)
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=0, le=65535)
     maximum_pdu_size: int = Field(0, ge=0)
+    # C-MOVE destinations by AE title, e.g. [dicom.destinations.PACS] host="10.0.0.5" port=104
+    destinations: dict[str, DestinationSettings] = {}
+    # C-GET/C-MOVE of a study being restored from an archive tier: wait up to
+    # this long for the restore, then fail with a status saying so.
+    retrieve_wait_seconds: float = Field(0.0, ge=0)
 
     @field_validator("ae_title")
     @classmethod

@@ -13,7 +13,8 @@ file, key, UID or tier) so that front-ends can print it unchanged.
     └── StorageError          a tier failed (I/O error, S3 down, ...)
         ├── ObjectNotFound    the key is not on that tier
         ├── IntegrityError    what the tier holds does not hash to what was written
-        └── TierUnavailable   the tier cannot be reached at all
+        ├── TierUnavailable   the tier cannot be reached at all
+        └── NotReady          the data is on an archive tier and must be restored first
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ObjectNotFound",
     "IntegrityError",
     "TierUnavailable",
+    "NotReady",
 ]
 
 
@@ -74,3 +76,15 @@ class IntegrityError(StorageError):
 
 class TierUnavailable(StorageError):
     """The tier cannot be reached (server down, mount missing)."""
+
+
+class NotReady(StorageError):
+    """The study is on an archive tier: a restore is needed (or under way).
+
+    ``retry_after`` is the number of seconds until the restore should be done
+    (None when no restore was requested yet).
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
-    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log",
+    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log", "restores",
 ]
 
 metadata = MetaData(
@@ -141,6 +141,12 @@ locations = Table(
     Column("state", String(16), nullable=False),
     Column("created_at", TS, nullable=False),
     Column("verified_at", TS),
+    # A restored copy of an archived instance is dropped after this moment
+    # (the archive copy remains); NULL for every other copy.
+    Column("expires_at", TS),
+    # An instance inside a packed study object: its byte range in that object.
+    Column("pack_offset", BigInteger),
+    Column("pack_length", BigInteger),
     UniqueConstraint("instance_pk", "tier", name="uq_locations_instance_tier"),
     Index("ix_locations_tier_state", "tier", "state"),
 )
@@ -283,4 +289,24 @@ access_log = Table(
     Column("instances", Integer, nullable=False, server_default="0"),
     Index("ix_access_log_study", "study_uid"),
     Index("ix_access_log_at", "at"),
+)
+
+# Restores from archive tiers (tape, Glacier): requested, ready after the
+# tier's latency, copied to the restore tier, then expired.
+restores = Table(
+    "restores",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("study_uid", UID, nullable=False),
+    Column("archive_tier", String(64), nullable=False),
+    Column("target_tier", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # requested | restoring | ready | failed | expired
+    Column("requested_by", String(128), nullable=False, server_default=""),
+    Column("requested_at", TS, nullable=False),
+    Column("ready_at", TS, nullable=False),  # when the archive releases the data
+    Column("completed_at", TS),
+    Column("expires_at", TS),
+    Column("detail", Text, nullable=False, server_default=""),
+    Index("ix_restores_study", "study_uid"),
+    Index("ix_restores_state", "state"),
 )
