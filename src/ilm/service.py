@@ -26,7 +26,7 @@ from ilm.catalog.queries import archive_summary, find_instance, instance_locatio
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
-from ilm.errors import IlmError, NotFound, RejectedInstance, StorageError
+from ilm.errors import IlmError, NotFound, NotReady, RejectedInstance, StorageError
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
@@ -290,8 +290,26 @@ class ArchiveService:
             return instance_refs(conn, study_uid, series_uid, sop_uid, list(self.settings.tiers))
 
     def read(self, ref: InstanceRef) -> bytes:
-        """The stored Part 10 bytes of one instance (StorageError if its tier fails)."""
+        """The stored Part 10 bytes of one instance.
+
+        NotReady when the copy is on an archive tier (a restore is needed);
+        StorageError if the tier fails.
+        """
+        t = self.settings.tiers.get(ref.tier)
+        if t is not None and t.archive:
+            raise NotReady(f"study {ref.study_uid} is on archive tier {ref.tier!r}: it must be restored first "
+                           f"(ilm recall {ref.study_uid})")
         return self.tier(ref.tier).get(ref.key)
+
+    def prepare_read(self, study_uid: str, *, wait_seconds: float = 0.0) -> None:
+        """Make sure every instance of a study can be read now, or raise NotReady
+        (with the seconds until a restore completes, when one is under way).
+        Retrieval front-ends call this before sending a study."""
+        refs = self.instances_to_read(study_uid)
+        archived = [r for r in refs if self.settings.tiers.get(r.tier) is not None and self.settings.tiers[r.tier].archive]
+        if archived:
+            raise NotReady(f"study {study_uid} is on archive tier {archived[0].tier!r}: it must be restored first "
+                           f"(ilm recall {study_uid})")
 
     def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
         """Record a retrieval (not a query); written to the catalog in batches."""
