@@ -67,9 +67,12 @@ def instance_refs(
     series_uid: str | None = None,
     sop_uid: str | None = None,
     tier_order: list[str] | None = None,
+    now: datetime | None = None,
 ) -> list[InstanceRef]:
     """The instances of an active study (or of one series, or one instance), each
-    with the verified copy on the hottest tier (``tier_order``, hottest first)."""
+    with the verified copy on the hottest tier (``tier_order``, hottest first).
+    With ``now``, restored copies of archived instances that expired by then
+    are left out (a valid restored copy on a hotter tier is picked by the order)."""
     q = (
         select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
                instances.c.transfer_syntax_uid, instances.c.size_bytes, instances.c.sha256,
@@ -84,6 +87,8 @@ def instance_refs(
         q = q.where(series.c.series_uid == series_uid)
     if sop_uid is not None:
         q = q.where(instances.c.sop_uid == sop_uid)
+    if now is not None:
+        q = q.where(or_(locations.c.expires_at.is_(None), locations.c.expires_at > now))
     rank = {t: i for i, t in enumerate(tier_order or [])}
     best: dict[str, tuple[int, InstanceRef, tuple[int, int]]] = {}
     for r in conn.execute(q):
