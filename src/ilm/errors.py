@@ -7,6 +7,7 @@ file, key, UID or tier) so that front-ends can print it unchanged.
     ├── ConfigError           config file missing, unreadable or invalid (exit 2)
     ├── InvalidUID            a UID that is not digits and dots, <= 64 chars
     ├── RejectedInstance      a dataset that cannot be stored (not DICOM, no UIDs ...)
+    ├── InvalidQuery          a query (C-FIND identifier, QIDO-RS parameters) that cannot run
     ├── PolicyError           a policy file with errors (ilm.policy.errors; lists each with file:line)
     ├── CatalogError          the catalog cannot be opened or migrated
     │   └── NotFound          no such study / series / instance
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "InvalidUID",
     "RejectedInstance",
+    "InvalidQuery",
     "CatalogError",
     "NotFound",
     "StorageError",
@@ -52,6 +54,10 @@ class RejectedInstance(IlmError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class InvalidQuery(IlmError, ValueError):
+    """A query with an unknown level or attribute, or a value that cannot match."""
 
 
 class CatalogError(IlmError):
