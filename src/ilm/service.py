@@ -42,6 +42,7 @@ from ilm.lifecycle.apply import ApplyReport, apply_plan
 from ilm.lifecycle.move import RecoveryReport, recover_moves
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.policy import Decision, evaluate
+from ilm.catalog.find import find as find_entities, query_attributes
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -421,3 +422,24 @@ class ArchiveService:
             return result.plan, None
         by = f"auto_apply ({source.policy.name})"
         return result.plan, apply_plan(self.catalog, self.settings, self.tier, result.plan.id, source, approved_by=by)
+
+    # -- query (C-FIND, QIDO-RS) ----------------------------------------------
+
+    def query(self, level: str, filters: dict[str, str], *, fields: Iterable[str] | None = None,
+              limit: int | None = None, offset: int = 0) -> list[dict[str, object]]:
+        """Patients, studies, series or instances (``level``: PATIENT, STUDY, SERIES,
+        IMAGE) of active studies matching ``filters`` (keyword -> DICOM matching
+        value), as dicts keyword -> value; see ``ilm.catalog.find`` for the matching.
+
+        A query is not an access (as S3 does not count HEAD or LIST): it
+        changes no last access and writes no access log. InvalidQuery for a
+        query that cannot run.
+        """
+        archive = {name for name, t in self.settings.tiers.items() if t.archive}
+        with self.catalog.read() as conn:
+            return find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
+                                 archive_tiers=archive)
+
+    def query_attributes(self) -> dict[str, str]:
+        """The attributes queries can match and return: keyword -> level (PATIENT ... IMAGE)."""
+        return query_attributes()
