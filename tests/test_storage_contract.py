@@ -144,6 +144,27 @@ def test_put_with_wrong_sha256_is_refused_and_leaves_nothing(backend: Backend) -
     assert list(t.keys()) == []
 
 
+def test_get_range_reads_part_of_an_object(backend: Backend) -> None:
+    t = backend.tier
+    data = os.urandom(300_000)
+    t.put(KEY, data, sha(data))
+    for offset, length in [(0, 1), (0, 300_000), (123_457, 1000), (299_999, 1), (5, 0), (300_000, 0)]:
+        assert t.get_range(KEY, offset, length) == data[offset:offset + length]
+
+
+def test_get_range_outside_the_object_is_an_error(backend: Backend) -> None:
+    t = backend.tier
+    t.put(KEY, b"0123456789", sha(b"0123456789"))
+    for offset, length in [(5, 6), (10, 1), (11, 0), (-1, 2), (0, -1)]:
+        with pytest.raises(StorageError) as err:
+            t.get_range(KEY, offset, length)
+        assert not isinstance(err.value, ObjectNotFound)
+    with pytest.raises(ObjectNotFound, match="1.2.3.dcm"):
+        t.get_range("1.2.3.dcm", 0, 1)
+    with pytest.raises(StorageError, match="refused object key"):
+        t.get_range("../x", 0, 1)
+
+
 def test_missing_key(backend: Backend) -> None:
     t = backend.tier
     with pytest.raises(ObjectNotFound, match=KEY):
@@ -204,7 +225,7 @@ def test_hostile_keys_are_refused(backend: Backend, key: str) -> None:
     t = backend.tier
     with pytest.raises(StorageError, match="refused object key"):
         t.put(key, b"evil", sha(b"evil"))
-    for op in (t.get, t.stat, t.exists, t.delete):
+    for op in (t.get, t.stat, t.exists, t.delete, lambda k: t.get_range(k, 0, 1)):
         with pytest.raises(StorageError, match="refused object key"):
             op(key)
     assert backend.raw() == []
@@ -302,6 +323,7 @@ def test_s3_dead_endpoint_is_unavailable_quickly() -> None:
         lambda: t.exists(KEY),
         lambda: t.delete(KEY),
         lambda: list(t.keys()),
+        lambda: t.get_range(KEY, 0, 1),
     ]
     for op in ops:
         began = time.monotonic()

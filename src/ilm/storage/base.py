@@ -1,8 +1,9 @@
 """The one interface every storage tier implements.
 
-Kept as small as httpx's transport: six methods. Keys are built by
-``ilm.uids.instance_key`` from validated UIDs; backends still refuse any key
-that could escape their root.
+Kept as small as httpx's transport: seven methods (``get_range`` reads part
+of an object: one instance inside a packed study, see ``ilm.storage.pack``).
+Keys are built by ``ilm.uids.instance_key`` from validated UIDs; backends
+still refuse any key that could escape their root.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from ilm.errors import StorageError
 from ilm.models import StoredObject
 
-__all__ = ["Tier", "ObjectExists", "check_key", "sha256_hex"]
+__all__ = ["Tier", "ObjectExists", "check_key", "sha256_hex", "check_range"]
 
 _KEY = re.compile(r"[0-9.]+(/[0-9.]+)*(\.dcm|\.pack|\.idx)?")
 
@@ -29,6 +30,12 @@ def check_key(key: str) -> str:
     if not _KEY.fullmatch(key) or any(part in ("", ".", "..") for part in key.split("/")) or len(key) > 255:
         raise StorageError(f"refused object key {key[:100]!r}: keys are UID path segments")
     return key
+
+
+def check_range(tier: str, key: str, offset: int, length: int) -> None:
+    """Refuse a negative offset or length (a backend then checks the range ends inside the object)."""
+    if offset < 0 or length < 0:
+        raise StorageError(f"tier {tier!r}: refused range {offset}+{length} of {key}: negative")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -54,6 +61,12 @@ class Tier(Protocol):
 
     def get(self, key: str) -> bytes:
         """The object's bytes; ObjectNotFound when absent."""
+        ...
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset`` (an instance inside a
+        packed study), without reading the rest. ObjectNotFound when absent;
+        StorageError when the range is not inside the object."""
         ...
 
     def delete(self, key: str) -> None:

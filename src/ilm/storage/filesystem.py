@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ilm.errors import IntegrityError, ObjectNotFound, StorageError, TierUnavailable
 from ilm.models import StoredObject
-from ilm.storage.base import ObjectExists, check_key, sha256_hex
+from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
 __all__ = ["FilesystemTier"]
 
@@ -95,6 +95,26 @@ class FilesystemTier:
             raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
         except OSError as exc:
             raise self._fail("read", key, exc) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        path = self._path(key)
+        check_range(self.name, key, offset, length)
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if offset + length > size:
+                    raise StorageError(f"tier {self.name!r}: range {offset}+{length} is beyond the end of {key} ({size} bytes)")
+                fh.seek(offset)
+                data = fh.read(length)
+        except FileNotFoundError:
+            if not self.root.is_dir():
+                raise TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing") from None
+            raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
+        except OSError as exc:
+            raise self._fail("read", key, exc) from None
+        if len(data) != length:
+            raise StorageError(f"tier {self.name!r}: read {len(data)} of {length} bytes at {offset} of {key}")
+        return data
 
     def delete(self, key: str) -> None:
         path = self._path(key)

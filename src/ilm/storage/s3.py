@@ -35,7 +35,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from ilm.config import S3TierSettings
 from ilm.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
 from ilm.models import StoredObject
-from ilm.storage.base import ObjectExists, check_key, sha256_hex
+from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
 __all__ = ["S3Tier"]
 
@@ -190,7 +190,7 @@ class S3Tier:
             if code in _NO_BUCKET:
                 raise TierUnavailable(f"{what}: bucket {self.bucket!r} does not exist at {self._where()}") from None
             if code in _CORRUPT:
-                raise IntegrityError(f"{what}: the server refused the bytes as corrupted in transit ({code})") from None
+                raise IntegrityError(f"{what}: the server refused the bytes: they do not match the SHA-256 sent with them ({code}: wrong data or corrupted in transit)") from None
             if code in _TAKEN:
                 raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
             if code in _DENIED:
@@ -218,10 +218,10 @@ class S3Tier:
 
     def put(self, key: str, data: bytes, sha256: str | None = None) -> StoredObject:
         full = self._key(key)
-        actual = sha256_hex(data)
-        if sha256 is not None and actual != sha256:
-            raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
-        sha256 = actual
+        # With the caller's digest, the server checks the bytes against it
+        # (BadDigest -> IntegrityError): no local hashing needed.
+        if sha256 is None:
+            sha256 = sha256_hex(data)
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode("ascii")
         try:
             self._s3().put_object(
@@ -247,6 +247,32 @@ class S3Tier:
         expected = resp.get("ContentLength")
         if expected is not None and expected != len(data):
             raise StorageError(f"tier {self.name!r}: get {key}: read {len(data)} of {expected} bytes")
+        return data
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """One HTTP range request (``Range: bytes=offset-end``): only these bytes cross the network.
+        The server's whole-object checksum cannot cover a part, so callers check the
+        part's own SHA-256 (the catalog keeps one per instance)."""
+        full = self._key(key)
+        check_range(self.name, key, offset, length)
+        if length == 0:  # no byte to ask for: check the range against the object's size
+            size = int(self._head(key, full)["ContentLength"])
+            if offset > size:
+                raise StorageError(f"tier {self.name!r}: range {offset}+0 is beyond the end of {key} ({size} bytes)")
+            return b""
+        try:
+            resp = self._s3().get_object(Bucket=self.bucket, Key=full, Range=f"bytes={offset}-{offset + length - 1}")
+            data: bytes = resp["Body"].read()
+        except bx.ClientError as exc:
+            if self._code(exc) in {"InvalidRange", "416"}:
+                raise StorageError(f"tier {self.name!r}: range {offset}+{length} is beyond the end of {key}") from None
+            self._raise(exc, "get", key)
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "get", key)
+        if len(data) != length:
+            # A range that runs past the end is answered with what there is.
+            raise StorageError(f"tier {self.name!r}: range {offset}+{length} is beyond the end of {key} "
+                               f"(got {len(data)} bytes)")
         return data
 
     def delete(self, key: str) -> None:
