@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from ilm.lifecycle.move import RecoveryReport, recover_moves
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.policy import Decision, evaluate
 from ilm.catalog.find import find as find_entities, query_attributes
+from ilm.lifecycle import restore as restore_flow
+from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -113,6 +116,8 @@ class ArchiveService:
         self._sop_lock = _StripedLock()
         self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
         self.access = AccessRecorder(self.catalog)
+        self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
+        self._restore_lock = threading.Lock()
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveService":
@@ -288,16 +293,21 @@ class ArchiveService:
                           sop_uid: str | None = None) -> list[InstanceRef]:
         """The instances of an active study, series or instance, each from its hottest verified copy."""
         with self.catalog.read() as conn:
-            return instance_refs(conn, study_uid, series_uid, sop_uid, list(self.settings.tiers))
+            return instance_refs(conn, study_uid, series_uid, sop_uid, list(self.settings.tiers), now=self.clock())
 
     def read(self, ref: InstanceRef) -> bytes:
         """The stored Part 10 bytes of one instance.
 
-        NotReady when the copy is on an archive tier (a restore is needed);
-        StorageError if the tier fails.
+        NotReady when the copy is on an archive tier and no restored copy is
+        there yet (a restore is needed or under way); StorageError if the tier fails.
         """
         t = self.settings.tiers.get(ref.tier)
         if t is not None and t.archive:
+            fresh = self.instances_to_read(ref.study_uid, sop_uid=ref.sop_uid)
+            hot = self.settings.tiers.get(fresh[0].tier) if fresh else None
+            if fresh and not (hot is not None and hot.archive):
+                return self.tier(fresh[0].tier).get(fresh[0].key)  # restored since ref was made
+            restore_flow.check_readable(self.catalog, self.settings, self.tier, ref.study_uid, self.clock())
             raise NotReady(f"study {ref.study_uid} is on archive tier {ref.tier!r}: it must be restored first "
                            f"(ilm recall {ref.study_uid})")
         return self.tier(ref.tier).get(ref.key)
@@ -305,12 +315,30 @@ class ArchiveService:
     def prepare_read(self, study_uid: str, *, wait_seconds: float = 0.0) -> None:
         """Make sure every instance of a study can be read now, or raise NotReady
         (with the seconds until a restore completes, when one is under way).
-        Retrieval front-ends call this before sending a study."""
-        refs = self.instances_to_read(study_uid)
-        archived = [r for r in refs if self.settings.tiers.get(r.tier) is not None and self.settings.tiers[r.tier].archive]
-        if archived:
-            raise NotReady(f"study {study_uid} is on archive tier {archived[0].tier!r}: it must be restored first "
-                           f"(ilm recall {study_uid})")
+        Retrieval front-ends call this before sending a study.
+
+        Instances of a study on an archive tier are read from their restored
+        copies while those are valid. With ``wait_seconds``, a restore due
+        within that time is waited for (and finished here if no worker does
+        it first); one due later raises NotReady at once. See
+        ``ilm.lifecycle.restore.check_readable`` for when a read starts a restore.
+        """
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                restore_flow.check_readable(self.catalog, self.settings, self.tier, study_uid, self.clock())
+                return
+            except NotReady as exc:
+                left = deadline - time.monotonic()
+                if exc.retry_after is None or exc.retry_after > left:
+                    raise
+                time.sleep(max(0.05, min(exc.retry_after, left, restore_flow.WORKER_INTERVAL_SECONDS)))
+                if self._restore_lock.acquire(blocking=False):  # else another thread is copying it
+                    try:
+                        restore_flow.process_restores(self.catalog, self.settings, self.tier, self.clock(),
+                                                      study_uid=study_uid, workers=self.settings.lifecycle.move_workers)
+                    finally:
+                        self._restore_lock.release()
 
     def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
         """Record a retrieval (not a query); written to the catalog in batches."""
@@ -443,3 +471,25 @@ class ArchiveService:
     def query_attributes(self) -> dict[str, str]:
         """The attributes queries can match and return: keyword -> level (PATIENT ... IMAGE)."""
         return query_attributes()
+
+    # -- restores from archive tiers -------------------------------------------
+
+    def recall(self, study_uids: Iterable[str], by: str) -> list[RestoreStatus]:
+        """Request restores of studies from their archive tier (ilm recall, POST
+        /api/restores): one status per study. A request for a study being restored
+        joins that restore; one for a study restored already keeps its copies longer;
+        a study not on an archive tier is 'online'. NotFound for an unknown study
+        (nothing is requested), StorageError when its archive store cannot be reached."""
+        return restore_flow.request_restores(self.catalog, self.settings, self.tier, study_uids, by, self.clock())
+
+    def restores(self, active_only: bool = True, *, study_uids: Iterable[str] | None = None) -> list[RestoreStatus]:
+        """Restores, newest first; with ``study_uids``, the newest of each of those studies."""
+        return restore_flow.restore_statuses(self.catalog, self.clock(), active_only=active_only,
+                                             study_uids=study_uids)
+
+    def process_restores(self) -> RestoreReport:
+        """The restore worker step (ilm serve runs it every second): copy restores
+        whose latency has passed, drop restored copies whose days are over."""
+        with self._restore_lock:
+            return restore_flow.process_restores(self.catalog, self.settings, self.tier, self.clock(),
+                                                 workers=self.settings.lifecycle.move_workers)
