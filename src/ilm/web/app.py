@@ -5,6 +5,7 @@ Routes:
     GET  /health                          {"status": "ok"}
     POST /dicomweb/studies                STOW-RS: store instances
     POST /dicomweb/studies/{study}        STOW-RS: store instances of that study only
+    POST /api/restores, GET /api/restores restores from archive tiers (ilm.web.restore)
 
 Thin: a handler reads the request, calls the service and writes the answer;
 the protocol details live in ``ilm.web.stow``. The body is read and split
@@ -24,6 +25,7 @@ from starlette.requests import ClientDisconnect
 
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
+from ilm.web.restore import router as restore_router
 from ilm.web.stow import (
     DICOM_JSON,
     MultipartCollector,
@@ -109,4 +111,5 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None)
         """STOW-RS to one study: instances of any other study are refused."""
         return await stow(request, study)
 
+    app.include_router(restore_router)
     return app
