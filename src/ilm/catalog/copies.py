@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy import and_, bindparam, delete, exists, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -58,16 +59,21 @@ def study_copies(conn: Connection, study_uid: str) -> list[InstanceCopy]:
 
 def start_moves(conn: Connection, items: list[InstanceCopy], dst: str, plan_id: str | None, now: datetime) -> list[int]:
     """Journal a batch of moves as 'copying'; return their ids in order."""
-    ids = []
-    for c in items:
-        ids.append(
-            int(conn.execute(
-                moves.insert().values(plan_id=plan_id, instance_pk=c.instance_pk, src_tier=c.tier, dst_tier=dst,
-                                      object_key=c.key, state="copying", started_at=now, updated_at=now)
-                .returning(moves.c.id)
-            ).scalar_one())
-        )
-    return ids
+    if not items:
+        return []
+    rows = conn.execute(
+        moves.insert().returning(moves.c.id, sort_by_parameter_order=True),
+        [dict(plan_id=plan_id, instance_pk=c.instance_pk, src_tier=c.tier, dst_tier=dst, object_key=c.key,
+              state="copying", started_at=now, updated_at=now) for c in items],
+    )
+    return [int(r[0]) for r in rows]
+
+
+_MARK_SOURCE = (
+    update(locations)
+    .where(locations.c.instance_pk == bindparam("ipk"), locations.c.tier == bindparam("src"))
+    .values(state=CopyState.DELETING.value)
+)
 
 
 def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]], dst: str, now: datetime) -> None:
@@ -75,19 +81,16 @@ def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]
 
     ``done`` holds (move id, source copy, sha256 the destination vouched for, size).
     """
-    for move_id, c, _sha, size in done:
-        conn.execute(
-            locations.insert().values(instance_pk=c.instance_pk, tier=dst, object_key=c.key, size_bytes=size,
-                                      sha256=c.sha256, state=CopyState.VERIFIED.value, created_at=now, verified_at=now)
-        )
-        conn.execute(
-            update(locations)
-            .where(locations.c.instance_pk == c.instance_pk, locations.c.tier == c.tier)
-            .values(state=CopyState.DELETING.value)
-        )
-        conn.execute(update(moves).where(moves.c.id == move_id).values(state="committed", updated_at=now))
-    if done:
-        refresh_study_tiers(conn, [d[1].instance_pk for d in done])
+    if not done:
+        return
+    conn.execute(locations.insert(), [
+        dict(instance_pk=c.instance_pk, tier=dst, object_key=c.key, size_bytes=size, sha256=c.sha256,
+             state=CopyState.VERIFIED.value, created_at=now, verified_at=now)
+        for _m, c, _sha, size in done
+    ])
+    conn.execute(_MARK_SOURCE, [{"ipk": c.instance_pk, "src": c.tier} for _m, c, _s, _z in done])
+    conn.execute(update(moves).where(moves.c.id.in_([m for m, *_ in done])).values(state="committed", updated_at=now))
+    refresh_study_tiers(conn, [d[1].instance_pk for d in done])
 
 
 def verified_copy_count(conn: Connection, instance_pk: int, excluding_tier: str | None = None) -> int:
@@ -121,16 +124,27 @@ def refresh_study_tiers(conn: Connection, instance_pks: list[int]) -> None:
         conn.execute(update(studies).where(studies.c.id == pk).values(tiers="\\".join(tiers)))
 
 
-def finish_moves(conn: Connection, items: list[tuple[int, int, str]], now: datetime) -> None:
-    """After the sources were deleted: drop their rows and close the journal.
+def _drop_stmt() -> Any:
+    other = aliased(locations)
+    return delete(locations).where(
+        locations.c.instance_pk == bindparam("ipk"),
+        locations.c.tier == bindparam("src"),
+        exists(select(other.c.id).where(and_(other.c.instance_pk == bindparam("ipk"), other.c.tier != bindparam("src"),
+                                             other.c.state == CopyState.VERIFIED.value))),
+    )
 
-    ``items`` holds (move id, instance pk, source tier).
-    """
-    for move_id, instance_pk, src in items:
-        drop_location(conn, instance_pk, src)
-        conn.execute(update(moves).where(moves.c.id == move_id).values(state="done", updated_at=now))
-    if items:
-        refresh_study_tiers(conn, [i[1] for i in items])
+
+_DROP = _drop_stmt()
+
+
+def finish_moves(conn: Connection, items: list[tuple[int, int, str]], now: datetime) -> None:
+    """After the sources were deleted: drop their rows (never an instance's last
+    verified copy) and close the journal. ``items`` holds (move id, instance pk, source tier)."""
+    if not items:
+        return
+    conn.execute(_DROP, [{"ipk": ipk, "src": src} for _m, ipk, src in items])
+    conn.execute(update(moves).where(moves.c.id.in_([m for m, _i, _s in items])).values(state="done", updated_at=now))
+    refresh_study_tiers(conn, [i[1] for i in items])
 
 
 def rollback_moves(conn: Connection, move_ids: list[int], now: datetime) -> None:

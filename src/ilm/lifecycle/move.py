@@ -10,7 +10,6 @@ interrupted, using the journal.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -58,15 +57,19 @@ class MoveResult:
 
 
 def _copy_one(c: InstanceCopy, src: Tier, dst: Tier, limiter: RateLimiter) -> tuple[str, int]:
-    """Copy one object and return (sha256 the destination vouches for, size)."""
+    """Copy one object and return (sha256 the destination vouches for, size).
+
+    The put is given the catalog's SHA-256, so a source whose bytes no longer
+    match it is refused before anything is written (one hash, not two).
+    """
     data = src.get(c.key)
-    if hashlib.sha256(data).hexdigest() != c.sha256:
-        raise IntegrityError(f"tier {src.name!r}: {c.key} does not match its catalog SHA-256; not moved")
     limiter.take(len(data))
     try:
         dst.put(c.key, data, c.sha256)
     except ObjectExists:
         pass  # a copy from an interrupted run: verified below like any other
+    except IntegrityError:
+        raise IntegrityError(f"tier {src.name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
     held = dst.stat(c.key)
     if held.sha256 != c.sha256 or held.size != c.size:
         raise IntegrityError(f"tier {dst.name!r}: {c.key} holds other bytes than were written")
