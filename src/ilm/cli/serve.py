@@ -68,6 +68,7 @@ def serve(
             for p in recovered.problems:
                 logging.getLogger("ilm").warning("recovery: %s", p)
         scheduler = _start_scheduler(service, stop)
+        restorer = _start_restore_worker(service, stop)
         dicom = _override(service.settings.dicom, "DICOM settings", port=dicom_port, ae_title=ae_title, host=host)
         http = _override(service.settings.http, "HTTP settings", port=http_port, host=host)
         assert isinstance(dicom, DicomSettings) and isinstance(http, HttpSettings)
@@ -97,6 +98,8 @@ def serve(
             scp.shutdown()
             if scheduler is not None:
                 scheduler.join(timeout=30)
+            if restorer is not None:
+                restorer.join(timeout=30)
     console.print("stopped", highlight=False)
 
 
@@ -123,4 +126,36 @@ def _start_scheduler(service: "ArchiveService", stop: threading.Event) -> thread
     t = threading.Thread(target=loop, name="ilm-scheduler", daemon=True)
     t.start()
     console.print(f"lifecycle: planning {lc.schedule_policy} every {lc.schedule_interval_minutes} min", highlight=False)
+    return t
+
+
+# How often the restore worker copies due restores and drops expired restored copies.
+RESTORE_INTERVAL_SECONDS = 1.0
+
+
+def _start_restore_worker(service: "ArchiveService", stop: threading.Event,
+                          interval: float = RESTORE_INTERVAL_SECONDS) -> threading.Thread | None:
+    """Run service.process_restores every ``interval`` seconds while an archive tier is configured."""
+    if not any(t.archive for t in service.settings.tiers.values()):
+        return None
+    log = logging.getLogger("ilm.restore")
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                r = service.process_restores()
+                for uid in r.completed:
+                    log.info("restored study %s", uid)
+                for uid, why in r.failed:
+                    log.error("restore of study %s failed: %s", uid, why)
+                if r.dropped:
+                    log.info("dropped %d expired restored copies", r.dropped)
+                for p in r.problems:
+                    log.warning("restore: %s", p)
+            except Exception as exc:  # a catalog hiccup must not stop the archive
+                log.error("restore worker: %s", exc)
+            stop.wait(interval)
+
+    t = threading.Thread(target=loop, name="ilm-restore", daemon=True)
+    t.start()
     return t
