@@ -46,6 +46,7 @@ from ilm.policy import Decision, evaluate
 from ilm.catalog.find import find as find_entities, query_attributes
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
+from ilm.catalog.commitment import verified_sop_classes
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -343,6 +344,24 @@ class ArchiveService:
     def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
         """Record a retrieval (not a query); written to the catalog in batches."""
         self.access.note(study_uid, interface, who, instances)
+
+    def commitment(self, requested: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
+        """Storage Commitment of (SOP Class UID, SOP Instance UID) pairs: the committed
+        ones (a VERIFIED copy of an active study's instance of that class) and the
+        failed ones with their Failure Reason (0x0112 no such object instance,
+        0x0119 stored under another SOP Class)."""
+        with self.catalog.read() as conn:
+            held = verified_sop_classes(conn, [uid for _, uid in requested])
+        committed: list[tuple[str, str]] = []
+        failed: list[tuple[str, str, int]] = []
+        for sop_class, uid in requested:
+            if uid not in held:
+                failed.append((sop_class, uid, 0x0112))
+            elif held[uid] != sop_class:
+                failed.append((sop_class, uid, 0x0119))
+            else:
+                committed.append((sop_class, uid))
+        return committed, failed
 
     # -- queries --------------------------------------------------------------
 

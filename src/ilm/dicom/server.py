@@ -35,6 +35,8 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
+from ilm.dicom.commitment import commitment_handlers
+from ilm.dicom.retrieve import RETRIEVE_SOP_CLASSES, retrieve_handlers
 from ilm.models import IngestResult, IngestStatus
 
 if TYPE_CHECKING:
@@ -194,7 +196,10 @@ def build_ae(settings: DicomSettings, contexts: Sequence[Any] = AllStoragePresen
     ae.maximum_pdu_size = settings.maximum_pdu_size
     ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
     for cx in contexts:
-        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        # scp_role: a C-GET requester receives the instances as Storage SCP on its own association
+        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for uid in (*RETRIEVE_SOP_CLASSES, "1.2.840.10008.1.20.1"):  # C-GET/C-MOVE, Storage Commitment Push Model
+        ae.add_supported_context(uid)
     return ae
 
 
@@ -209,6 +214,8 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [service]),
+        *retrieve_handlers(service, settings),
+        *commitment_handlers(service, settings),
     ]
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
     assert server is not None  # block=False returns the server

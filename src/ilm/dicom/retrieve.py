@@ -1,0 +1,398 @@
+"""C-GET and C-MOVE SCP: send stored instances back, from whichever tier holds them.
+
+Information models: Patient Root and Study Root, GET and MOVE. Levels:
+PATIENT (Patient Root only: every study of the Patient ID), STUDY, SERIES
+and IMAGE, by unique keys (a list of UIDs is allowed at the level
+retrieved; the keys of the levels above must be given, one value each).
+Instances are resolved through the service, each from its hottest verified
+copy, and sent as they are stored: the Part 10 bytes are parsed lazily (the
+elements stay raw) and pynetdicom writes those raw elements back unchanged,
+so pixel data is never decoded or re-encoded (about 1 ms per 512 KB CT
+image). Reads run ahead of the sending on worker threads (``ilm.readahead``).
+
+Before any sub-operation the handler calls ``service.prepare_read`` for each
+study (waiting up to ``dicom.retrieve_wait_seconds`` for a restore) and reads
+the first instance, so a study that is not readable now is refused as a
+whole with a status and an Error Comment, before anything is sent. One
+access per study is recorded (``note_access``) once its sending starts.
+
+Statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4), every failure with an Error Comment:
+
+    all sub-operations done                       0x0000 Success
+    some C-STORE sub-operations failed            0xB000 Warning (pynetdicom)
+    every C-STORE sub-operation failed            0xA702 (pynetdicom)
+    study on an archive tier / being restored     0xA702 Refused: Out of Resources -
+                                                  Unable to perform sub-operations.
+                                                  "Study is being restored; ready in about N s"
+    a tier cannot be read (down, object missing)  0xA702, comment names the tier
+    C-MOVE destination not configured             0xA801 Refused: Move Destination unknown
+    identifier without the keys of its level      0xA900 Identifier does not match SOP Class
+    cancelled by the requester (C-CANCEL)         0xFE00 Cancel
+
+Why 0xA702 for a restore: the request is valid and the matches are known,
+but the archive cannot perform the sub-operations now; "Out of Resources"
+is a refusal the requester may retry later (the comment says when), unlike
+the 0xCxxx "Unable to process" errors, which say the request itself failed.
+
+pynetdicom's C-MOVE SCP answers a C-MOVE that fails before its
+sub-operations (no destination yielded) with 0xA801 and no Error Comment.
+``ResponseAmendments`` fixes that one response: the handler records the
+status and comment it wants, yields no destination, and a handler of
+``EVT_DIMSE_SENT`` (bound by the server) rewrites that C-MOVE-RSP before it
+is encoded. So the requester gets, for example, 0xA702 "Study is being
+restored ..." without an association to the destination being opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from ilm.config import DicomSettings
+from ilm.errors import IlmError, InvalidUID, NotReady, StorageError
+from ilm.models import StudyFilter
+from ilm.readahead import read_ahead
+from ilm.uids import validate_uid
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from ilm.service import ArchiveService
+
+__all__ = [
+    "RETRIEVE_SOP_CLASSES",
+    "RetrieveKeys",
+    "Refusal",
+    "ResponseAmendments",
+    "parse_keys",
+    "handle_get",
+    "handle_move",
+    "retrieve_handlers",
+    "STATUS_CANNOT_PERFORM",
+    "STATUS_MOVE_DESTINATION_UNKNOWN",
+    "STATUS_IDENTIFIER_MISMATCH",
+    "STATUS_CANCEL",
+    "STATUS_PENDING",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_PENDING = 0xFF00
+STATUS_CANCEL = 0xFE00
+STATUS_CANNOT_PERFORM = 0xA702            # Refused: Out of Resources - Unable to perform sub-operations
+STATUS_MOVE_DESTINATION_UNKNOWN = 0xA801  # Refused: Move Destination unknown
+STATUS_IDENTIFIER_MISMATCH = 0xA900       # Error: Identifier does not match SOP Class
+
+PATIENT_ROOT = (PatientRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelMove)
+RETRIEVE_SOP_CLASSES = (
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
+_MAX_CONTEXTS = 128  # presentation contexts one association may propose
+_COMMENT_MAX = 64    # Error Comment (0000,0902) is LO
+
+
+def _comment(text: str) -> str:
+    clean = " ".join("".join(c if 32 <= ord(c) < 127 and c != "\\" else " " for c in text).split())
+    return clean if len(clean) <= _COMMENT_MAX else clean[: _COMMENT_MAX - 3] + "..."
+
+
+class Refusal(IlmError):
+    """A retrieve that cannot be performed: the status and Error Comment to answer with."""
+
+    def __init__(self, status: int, comment: str, detail: str = "") -> None:
+        super().__init__(detail or comment)
+        self.status = status
+        self.comment = _comment(comment)
+
+    def status_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.Status = self.status
+        ds.ErrorComment = self.comment
+        return ds
+
+
+@dataclass(frozen=True)
+class RetrieveKeys:
+    """The unique keys of a C-GET/C-MOVE identifier."""
+
+    level: str
+    patient_id: str = ""
+    study_uids: tuple[str, ...] = ()
+    series_uids: tuple[str, ...] = ()
+    sop_uids: tuple[str, ...] = ()
+
+
+def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, f"{keyword} cannot be decoded") from None
+    if value is None or value == "":
+        return ()
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    try:
+        return tuple(validate_uid(v, keyword) for v in items if str(v).strip())
+    except InvalidUID as exc:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, str(exc)) from None
+
+
+def parse_keys(identifier: Dataset, patient_root: bool) -> RetrieveKeys:
+    """The keys of a retrieve identifier, or Refusal(0xA900) saying what is missing."""
+    try:
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    except Exception:
+        level = ""
+    if level not in _LEVELS:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, f"QueryRetrieveLevel {level!r} is not PATIENT/STUDY/SERIES/IMAGE"
+                      if level else "QueryRetrieveLevel is missing")
+    if level == "PATIENT":
+        if not patient_root:
+            raise Refusal(STATUS_IDENTIFIER_MISMATCH, "PATIENT level needs the Patient Root model")
+        pid = str(identifier.get("PatientID", "") or "").strip()
+        if not pid or "*" in pid or "?" in pid:
+            raise Refusal(STATUS_IDENTIFIER_MISMATCH, "PATIENT level needs one PatientID, no wildcards")
+        return RetrieveKeys(level, patient_id=pid)
+    studies = _values(identifier, "StudyInstanceUID")
+    series = _values(identifier, "SeriesInstanceUID") if level in ("SERIES", "IMAGE") else ()
+    sops = _values(identifier, "SOPInstanceUID") if level == "IMAGE" else ()
+    if not studies:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, f"{level} level needs StudyInstanceUID")
+    if level != "STUDY" and len(studies) > 1:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, f"{level} level takes one StudyInstanceUID")
+    if level in ("SERIES", "IMAGE") and not series:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, f"{level} level needs SeriesInstanceUID")
+    if level == "IMAGE" and len(series) > 1:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, "IMAGE level takes one SeriesInstanceUID")
+    if level == "IMAGE" and not sops:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, "IMAGE level needs SOPInstanceUID")
+    return RetrieveKeys(level, study_uids=studies, series_uids=series, sop_uids=sops)
+
+
+def select_instances(service: "ArchiveService", keys: RetrieveKeys) -> list[Any]:
+    """The instances the keys name, each from its hottest verified copy (InstanceRef)."""
+    if keys.level == "PATIENT":
+        studies = [s.study_instance_uid for s in service.studies(StudyFilter(patient_id=keys.patient_id, limit=1_000_000))]
+    else:
+        studies = list(dict.fromkeys(keys.study_uids))
+    refs: list[Any] = []
+    for study in studies:
+        if keys.level in ("PATIENT", "STUDY"):
+            refs += service.instances_to_read(study)
+        elif keys.level == "SERIES":
+            for series in dict.fromkeys(keys.series_uids):
+                refs += service.instances_to_read(study, series)
+        elif len(keys.sop_uids) == 1:
+            refs += service.instances_to_read(study, keys.series_uids[0], keys.sop_uids[0])
+        else:
+            wanted = set(keys.sop_uids)
+            refs += [r for r in service.instances_to_read(study, keys.series_uids[0]) if r.sop_uid in wanted]
+    return refs
+
+
+def _not_ready_comment(exc: NotReady) -> str:
+    if exc.retry_after is not None:
+        return f"Study is being restored; ready in about {max(1, math.ceil(exc.retry_after))} s"
+    return "Study is on an archive tier; it must be restored first"
+
+
+@dataclass
+class RetrievePlan:
+    refs: list[Any]
+    studies: list[str]
+    first: bytes | None = None  # the first instance, read while checking the tier
+
+
+def plan_retrieve(service: "ArchiveService", identifier: Dataset, patient_root: bool, wait_seconds: float) -> RetrievePlan:
+    """Resolve the identifier and make sure every study can be read now, or raise Refusal."""
+    keys = parse_keys(identifier, patient_root)
+    try:
+        refs = select_instances(service, keys)
+    except IlmError as exc:
+        raise Refusal(STATUS_CANNOT_PERFORM, "catalog unavailable", str(exc)) from None
+    studies = list(dict.fromkeys(r.study_uid for r in refs))
+    for study in studies:
+        try:
+            service.prepare_read(study, wait_seconds=wait_seconds)
+        except NotReady as exc:
+            raise Refusal(STATUS_CANNOT_PERFORM, _not_ready_comment(exc), f"study {study}: {exc}") from None
+        except StorageError as exc:
+            raise Refusal(STATUS_CANNOT_PERFORM, f"study cannot be read: {exc}", f"study {study}: {exc}") from None
+    archive = {name for name, t in service.settings.tiers.items() if t.archive}
+    if any(r.tier in archive for r in refs):
+        refs = select_instances(service, keys)  # restored copies are readable now: read those
+    plan = RetrievePlan(refs, studies)
+    if refs:
+        plan.first = _read(service, refs[0])
+    return plan
+
+
+def _read(service: "ArchiveService", ref: Any) -> bytes:
+    try:
+        return service.read(ref)
+    except NotReady as exc:
+        raise Refusal(STATUS_CANNOT_PERFORM, _not_ready_comment(exc), str(exc)) from None
+    except (StorageError, IlmError) as exc:
+        raise Refusal(STATUS_CANNOT_PERFORM, f"tier {ref.tier} cannot be read", f"{ref.sop_uid} on tier {ref.tier!r}: {exc}") from None
+
+
+def stored_dataset(blob: bytes) -> Dataset:
+    """A Part 10 file as a dataset whose elements stay raw: encoding it again
+    in its own transfer syntax writes the stored bytes back unchanged."""
+    return dcmread(BytesIO(blob))
+
+
+def _instances(service: "ArchiveService", plan: RetrievePlan) -> Iterator[tuple[Any, bytes]]:
+    if not plan.refs:
+        return
+    assert plan.first is not None
+    yield plan.refs[0], plan.first
+    rest = plan.refs[1:]
+    for ref, blob in read_ahead(lambda r: _read(service, r), rest, window=4, size=lambda r: int(r.size)):
+        yield ref, blob
+
+
+def _failed_list(uids: Sequence[str]) -> Dataset:
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = list(uids)
+    return ds
+
+
+def _send(event: "Event", service: "ArchiveService", plan: RetrievePlan, interface: str) -> Iterator[Any]:
+    """Yield the number of sub-operations, then (status, dataset) per instance."""
+    yield len(plan.refs)
+    who = str(event.assoc.requestor.ae_title).strip()
+    counts: dict[str, int] = {}
+    for r in plan.refs:
+        counts[r.study_uid] = counts.get(r.study_uid, 0) + 1
+    for study in plan.studies:
+        service.note_access(study, interface, who, counts[study])
+    done = 0
+    try:
+        for ref, blob in _instances(service, plan):
+            if event.is_cancelled:
+                yield STATUS_CANCEL, _failed_list([r.sop_uid for r in plan.refs[done:]])
+                return
+            yield STATUS_PENDING, stored_dataset(blob)
+            done += 1
+    except Refusal as exc:
+        log.warning("%s from %s stopped after %d of %d instances: %s", interface, who, done, len(plan.refs), exc)
+        yield exc.status_dataset(), _failed_list([r.sop_uid for r in plan.refs[done:]])
+
+
+def _patient_root(event: "Event") -> bool:
+    return str(event.request.AffectedSOPClassUID) in PATIENT_ROOT
+
+
+def _identifier(event: "Event") -> Dataset:
+    try:
+        return event.identifier
+    except Exception as exc:
+        raise Refusal(STATUS_IDENTIFIER_MISMATCH, "identifier cannot be decoded", str(exc)) from None
+
+
+def handle_get(event: "Event", service: "ArchiveService", settings: DicomSettings) -> Iterator[Any]:
+    """C-GET: send the matching instances over the requester's own association."""
+    try:
+        plan = plan_retrieve(service, _identifier(event), _patient_root(event), settings.retrieve_wait_seconds)
+    except Refusal as exc:
+        log.warning("C-GET from %s refused: 0x%04X %s", event.assoc.requestor.ae_title, exc.status, exc)
+        yield 1
+        yield exc.status_dataset(), _failed_list([])
+        return
+    yield from _send(event, service, plan, "c-get")
+
+
+@dataclass
+class ResponseAmendments:
+    """Status and Error Comment to put on C-MOVE responses that pynetdicom sends as
+    a bare 0xA801 (see the module docstring), keyed by association and message ID."""
+
+    _pending: dict[tuple[int, int], Refusal] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def refuse(self, event: "Event", refusal: Refusal) -> None:
+        with self._lock:
+            self._pending[(id(event.assoc), int(event.request.MessageID))] = refusal
+
+    def on_sent(self, event: "Event") -> None:
+        """EVT_DIMSE_SENT: amend the C-MOVE-RSP a refusal was recorded for."""
+        msg = event.message
+        if type(msg).__name__ != "C_MOVE_RSP" or not self._pending:
+            return
+        cs = msg.command_set
+        with self._lock:
+            refusal = self._pending.pop((id(event.assoc), int(cs.MessageIDBeingRespondedTo)), None)
+        if refusal is None or cs.Status != STATUS_MOVE_DESTINATION_UNKNOWN:
+            return
+        from pynetdicom.dsutils import encode
+
+        cs.Status = refusal.status
+        cs.ErrorComment = refusal.comment
+        del cs.CommandGroupLength  # the command set grew: its group length must be computed again
+        cs.CommandGroupLength = len(encode(cs, True, True) or b"")
+
+
+def _store_contexts(refs: Sequence[Any]) -> list[Any]:
+    """Presentation contexts for sending these instances: each SOP class with its
+    stored transfer syntax; uncompressed ones also offer the other uncompressed syntaxes."""
+    wanted: dict[tuple[str, str], list[str]] = {}
+    for r in refs:
+        ts = str(r.transfer_syntax_uid)
+        if ts in _UNCOMPRESSED:
+            wanted.setdefault((r.sop_class_uid, "uncompressed"), [ts] + [t for t in _UNCOMPRESSED if t != ts])
+        else:
+            wanted.setdefault((r.sop_class_uid, ts), [ts])
+    contexts = [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in wanted.items()]
+    if len(contexts) > _MAX_CONTEXTS:
+        log.warning("C-MOVE needs %d presentation contexts; proposing the first %d", len(contexts), _MAX_CONTEXTS)
+    return contexts[:_MAX_CONTEXTS]
+
+
+def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettings,
+                amendments: ResponseAmendments) -> Iterator[Any]:
+    """C-MOVE: send the matching instances to a configured destination AE."""
+    requester = str(event.assoc.requestor.ae_title).strip()
+    name = (event.move_destination or "").strip()
+    dest = settings.destinations.get(name)
+    try:
+        if dest is None:
+            raise Refusal(STATUS_MOVE_DESTINATION_UNKNOWN, f"Unknown move destination {name!r}: not in dicom.destinations")
+        plan = plan_retrieve(service, _identifier(event), _patient_root(event), settings.retrieve_wait_seconds)
+    except Refusal as exc:
+        log.warning("C-MOVE from %s to %r refused: 0x%04X %s", requester, name, exc.status, exc)
+        amendments.refuse(event, exc)
+        yield None, None
+        return
+    yield dest.host, dest.port, {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size}
+    yield from _send(event, service, plan, "c-move")
+
+
+def retrieve_handlers(service: "ArchiveService", settings: DicomSettings) -> list[Any]:
+    """The evt_handlers entries of the retrieve services."""
+    amendments = ResponseAmendments()
+    return [
+        (evt.EVT_C_GET, handle_get, [service, settings]),
+        (evt.EVT_C_MOVE, handle_move, [service, settings, amendments]),
+        (evt.EVT_DIMSE_SENT, amendments.on_sent),
+    ]
