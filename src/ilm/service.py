@@ -44,6 +44,7 @@ from ilm.lifecycle.move import RecoveryReport, recover_moves
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.policy import Decision, evaluate
 from ilm.catalog.find import find as find_entities, query_attributes
+from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
@@ -480,12 +481,15 @@ class ArchiveService:
 
         A query is not an access (as S3 does not count HEAD or LIST): it
         changes no last access and writes no access log. InvalidQuery for a
-        query that cannot run.
+        query that cannot run, CatalogError when the catalog fails.
         """
         archive = {name for name, t in self.settings.tiers.items() if t.archive}
-        with self.catalog.read() as conn:
-            return find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
-                                 archive_tiers=archive)
+        try:
+            with self.catalog.read() as conn:
+                return find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
+                                     archive_tiers=archive)
+        except SQLAlchemyError as exc:
+            raise CatalogError(f"catalog unavailable: {exc.__class__.__name__}") from exc
 
     def query_attributes(self) -> dict[str, str]:
         """The attributes queries can match and return: keyword -> level (PATIENT ... IMAGE)."""
