@@ -35,6 +35,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
+from ilm.dicom.find import FIND_MODELS, QUERY_TRANSFER_SYNTAXES, handle_find
 from ilm.dicom.commitment import commitment_handlers
 from ilm.dicom.retrieve import RETRIEVE_SOP_CLASSES, retrieve_handlers
 from ilm.models import IngestResult, IngestStatus
@@ -211,9 +212,12 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
     """
     settings = settings or service.settings.dicom
     ae = build_ae(settings)
+    for model in FIND_MODELS:  # C-FIND: Patient Root and Study Root (ilm.dicom.find)
+        ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [service]),
+        (evt.EVT_C_FIND, handle_find, [service]),
         *retrieve_handlers(service, settings),
         *commitment_handlers(service, settings),
     ]
