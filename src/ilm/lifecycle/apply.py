@@ -24,6 +24,7 @@ from ilm.lifecycle.limits import MaintenanceWindow, RateLimiter, parse_window
 from ilm.lifecycle.move import recover_moves, move_study
 from ilm.lifecycle.plan import PolicySource, fingerprint
 from ilm.lifecycle.retention import expire_study
+from ilm.lifecycle import tiering
 from ilm.policy import Action, evaluate
 from ilm.storage import Tier
 
@@ -50,7 +51,8 @@ class ApplyReport:
     pending: int = 0
 
 
-def _recheck(catalog: Catalog, source: PolicySource, a: ActionRow, as_of: object) -> str | None:
+def _recheck(catalog: Catalog, source: PolicySource, a: ActionRow, as_of: object,
+             settings: Settings | None = None) -> str | None:
     """Why the planned action no longer holds, or None when it still does."""
     with catalog.read() as conn:
         inputs = load_policy_inputs(conn, [a.study_uid])
@@ -64,6 +66,8 @@ def _recheck(catalog: Catalog, source: PolicySource, a: ActionRow, as_of: object
     if fingerprint(s) != a.fingerprint:
         return "the study changed since the plan (read, moved or resized)"
     d = evaluate(source.policy, s, inputs.patients.get(s.patient_key), as_of)  # type: ignore[arg-type]
+    if tiering.is_cooling_rule(a.rule_id) and settings is not None:  # access-based tiering (ilm.lifecycle.tiering)
+        return tiering.recheck(catalog, settings, s, d, a.rule_id or "", a.target_tier, as_of)  # type: ignore[arg-type]
     if d.action.value != a.decision or (d.action is Action.TRANSITION and d.tier != a.target_tier):
         return f"the policy now decides otherwise: {d.reason}"
     return None
@@ -107,7 +111,7 @@ def apply_plan(
             report.stopped = f"outside the maintenance window {window}; run 'ilm apply {plan_id} --resume' later"
             report.pending = len(todo) - i
             break
-        why = _recheck(catalog, source, a, plan.as_of)
+        why = _recheck(catalog, source, a, plan.as_of, settings)
         if why is not None:
             _record(catalog, plan_id, a, "skipped", why, approved_by)
             report.skipped.append((a.study_uid, why))
