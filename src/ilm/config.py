@@ -166,6 +166,8 @@ class LifecycleSettings(_Strict):
     maintenance_window: str = ""
     schedule_policy: str = ""
     schedule_interval_minutes: int = Field(1440, ge=1)
+    # Promotions (on read, prefetch of priors) starting in any minute; 0 = no cap. See docs/tiers.md.
+    promotions_per_minute: int = Field(30, ge=0)
 
     @field_validator("maintenance_window")
     @classmethod

@@ -42,6 +42,8 @@ from ilm.lifecycle import retention
 from ilm.lifecycle.apply import ApplyReport, apply_plan
 from ilm.lifecycle.move import RecoveryReport, recover_moves
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
+from ilm.lifecycle.promote import Promoter
+from ilm.lifecycle.tiering import TIERING_POLICY
 from ilm.policy import Decision, evaluate
 from ilm.catalog.find import find as find_entities, query_attributes
 from ilm.errors import CatalogError
@@ -118,6 +120,8 @@ class ArchiveService:
         self._sop_lock = _StripedLock()
         self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
         self.access = AccessRecorder(self.catalog)
+        # Access-based tiering: promotion on read and prefetch of priors (ilm serve starts its worker).
+        self.promotions = Promoter(self.catalog, settings, self.tier)
         self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
         self._restore_lock = threading.Lock()
 
@@ -126,6 +130,7 @@ class ArchiveService:
         return cls(settings)
 
     def close(self) -> None:
+        self.promotions.stop()
         try:
             self.access.close()
         finally:
@@ -245,6 +250,7 @@ class ArchiveService:
                     self._discard(tier, key)
                 assert known is not None
                 return self._known(f, blob, sha, known, base)
+        self.promotions.on_stored(f.study_instance_uid)  # a new study: prefetch its priors (when configured)
         return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
 
     @staticmethod
@@ -345,6 +351,7 @@ class ArchiveService:
     def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
         """Record a retrieval (not a query); written to the catalog in batches."""
         self.access.note(study_uid, interface, who, instances)
+        self.promotions.on_read(study_uid, interface, who)  # queued for the promotion worker, never waits
 
     def commitment(self, requested: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
         """Storage Commitment of (SOP Class UID, SOP Instance UID) pairs: the committed
@@ -456,6 +463,13 @@ class ArchiveService:
     def recover(self) -> RecoveryReport:
         """Finish or roll back moves a crash interrupted."""
         return recover_moves(self.catalog, self.tier)
+
+    def tiering_plan(self, *, as_of: date, by: str, store: bool = True,
+                     progress: Callable[[int], None] | None = None) -> PlanResult:
+        """The cooling-days moves alone, as a plan (ilm tiering run): planned with a
+        policy without rules, so apply, --resume and the audit work on it unchanged."""
+        return make_plan(self.catalog, self.settings, self.read_policy(TIERING_POLICY), as_of=as_of, created_by=by,
+                         store=store, progress=progress)
 
     def scheduled_run(self, *, today: date | None = None) -> tuple[PlanRow, ApplyReport | None]:
         """Plan the configured schedule policy; apply it only when the policy is

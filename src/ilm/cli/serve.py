@@ -69,6 +69,10 @@ def serve(
                 logging.getLogger("ilm").warning("recovery: %s", p)
         scheduler = _start_scheduler(service, stop)
         restorer = _start_restore_worker(service, stop)
+        service.promotions.start()  # access-based tiering: promotion on read, prefetch of priors (docs/tiers.md)
+        if service.promotions.active:
+            console.print(f"tiering: promoting studies on read/prefetch, at most {service.promotions.per_minute}/min",
+                          highlight=False)
         dicom = _override(service.settings.dicom, "DICOM settings", port=dicom_port, ae_title=ae_title, host=host)
         http = _override(service.settings.http, "HTTP settings", port=http_port, host=host)
         assert isinstance(dicom, DicomSettings) and isinstance(http, HttpSettings)
