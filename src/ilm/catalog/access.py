@@ -59,6 +59,9 @@ class InstanceRef:
     sha256: str
     tier: str
     key: str
+    # Inside a packed study object (ilm.storage.pack): the instance's byte range in ``key``.
+    pack_offset: int | None = None
+    pack_length: int | None = None
 
 
 def instance_refs(
@@ -76,7 +79,8 @@ def instance_refs(
     q = (
         select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
                instances.c.transfer_syntax_uid, instances.c.size_bytes, instances.c.sha256,
-               locations.c.tier, locations.c.object_key, series.c.number, instances.c.number)
+               locations.c.tier, locations.c.object_key, series.c.number, instances.c.number,
+               locations.c.pack_offset, locations.c.pack_length)
         .join(instances, instances.c.study_pk == studies.c.id)
         .join(series, series.c.id == instances.c.series_pk)
         .join(locations, locations.c.instance_pk == instances.c.id)
@@ -92,7 +96,8 @@ def instance_refs(
     rank = {t: i for i, t in enumerate(tier_order or [])}
     best: dict[str, tuple[int, InstanceRef, tuple[int, int]]] = {}
     for r in conn.execute(q):
-        ref = InstanceRef(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8])
+        ref = InstanceRef(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8],
+                          None if r[11] is None else int(r[11]), None if r[12] is None else int(r[12]))
         order = rank.get(ref.tier, len(rank))
         if ref.sop_uid not in best or order < best[ref.sop_uid][0]:
             best[ref.sop_uid] = (order, ref, (r[9] or 0, r[10] or 0))

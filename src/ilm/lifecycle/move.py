@@ -91,6 +91,11 @@ def move_study(
     limiter = limiter or RateLimiter(0)
     result = MoveResult(study_uid, dst_name)
     dst = tiers(dst_name)
+    from ilm.lifecycle import pack_move  # one object per study on pack_studies tiers (ilm.storage.pack)
+
+    if pack_move.involves_packs(catalog, study_uid, dst):
+        return pack_move.move_study_packed(catalog, tiers, study_uid, dst_name, plan_id=plan_id, workers=workers,
+                                           limiter=limiter, progress=progress)
     with catalog.read() as conn:
         copies = study_copies(conn, study_uid)
     on_dst = {c.instance_pk for c in copies if c.tier == dst_name and c.state == CopyState.VERIFIED.value}
@@ -202,5 +207,11 @@ def recover_moves(catalog: Catalog, tiers: Callable[[str], Tier]) -> RecoveryRep
                 report.finished += 1
         except StorageError as exc:
             report.problems.append(f"move {m.id} ({m.key} {m.src_tier}->{m.dst_tier}): {exc}")
+    from ilm.lifecycle.pack_move import recover_pack_moves  # packs and drops journal their own states
+
+    rolled_back, finished, problems = recover_pack_moves(catalog, tiers)
+    report.rolled_back += rolled_back
+    report.finished += finished
+    report.problems += problems
     return report
 

@@ -16,11 +16,15 @@ def open_tier(name: str, settings: Settings) -> Tier:
     if t is None:
         raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(settings.tiers)})")
     if isinstance(t, FilesystemTierSettings):
-        return FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync)
+        fs = FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync)
+        fs.pack_studies = t.pack_studies
+        return fs
     if isinstance(t, S3TierSettings):
         from ilm.storage.s3 import S3Tier  # only this module imports boto3
 
-        return S3Tier.from_settings(name, t)
+        s3 = S3Tier.from_settings(name, t)
+        s3.pack_studies = t.pack_studies
+        return s3
     raise ConfigError(f"tier {name!r}: unknown kind")
 
 

@@ -24,6 +24,7 @@ _TMP = ".tmp-"
 
 
 class FilesystemTier:
+    pack_studies = False  # moves write a whole study as one object (ilm.storage.pack); set by open_tier
     def __init__(self, name: str, root: Path, *, fsync: bool = True, create: bool = True) -> None:
         self.name = name
         self.root = Path(root)

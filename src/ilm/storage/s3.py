@@ -64,6 +64,8 @@ def _b64_to_hex(value: str) -> str | None:
 class S3Tier:
     """Objects in one bucket, under an optional key prefix."""
 
+    pack_studies = False  # moves write a whole study as one object (ilm.storage.pack); set by open_tier
+
     def __init__(
         self,
         name: str,
