@@ -6,6 +6,7 @@ Routes:
     POST /dicomweb/studies                STOW-RS: store instances
     POST /dicomweb/studies/{study}        STOW-RS: store instances of that study only
     POST /api/restores, GET /api/restores restores from archive tiers (ilm.web.restore)
+    GET  /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]][/metadata]  WADO-RS (ilm.web.wado)
 
 Thin: a handler reads the request, calls the service and writes the answer;
 the protocol details live in ``ilm.web.stow``. The body is read and split
@@ -26,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.restore import router as restore_router
+from ilm.web.wado import router as wado_router
 from ilm.web.stow import (
     DICOM_JSON,
     MultipartCollector,
@@ -112,4 +114,5 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None)
         return await stow(request, study)
 
     app.include_router(restore_router)
+    app.include_router(wado_router)
     return app
