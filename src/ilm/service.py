@@ -27,10 +27,11 @@ from ilm.catalog.queries import archive_summary, find_instance, instance_locatio
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
-from ilm.errors import IlmError, IntegrityError, NotFound, NotReady, RejectedInstance, StorageError
+from ilm.errors import IlmError, IntegrityError, NotFound, NotReady, RejectedInstance, StorageError, TierFull
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
+from ilm.spill import Spill
 from ilm import audit as audit_chain
 from ilm.access import AccessRecorder
 from ilm.catalog.access import InstanceRef, instance_refs
@@ -122,6 +123,7 @@ class ArchiveService:
         self.access = AccessRecorder(self.catalog)
         # Access-based tiering: promotion on read and prefetch of priors (ilm serve starts its worker).
         self.promotions = Promoter(self.catalog, settings, self.tier)
+        self.spill = Spill(settings, self.catalog, self.tier)  # ingest tier full: the next tier down
         self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
         self._restore_lock = threading.Lock()
 
@@ -227,6 +229,12 @@ class ArchiveService:
                     return IngestResult(IngestStatus.REJECTED, reason=str(exc), retryable=True, **base)  # type: ignore[arg-type]
                 if held.sha256 != sha:
                     return self._conflict(f, blob, sha, base, f"an uncatalogued object with other content is at {tier_name}:{key}")
+            except TierFull as full:  # a full disk: the next tier down that has room (ilm.spill)
+                spilled = self.spill.put(tier_name, key, blob, f.study_instance_uid, full)
+                if spilled is None:
+                    return IngestResult(IngestStatus.REJECTED, reason=f"{full}; no lower tier has room",
+                                        retryable=True, **base)  # type: ignore[arg-type]
+                tier_name, tier, sha, wrote = spilled.tier_name, spilled.tier, spilled.sha256, spilled.wrote
             except (StorageError, IlmError) as exc:
                 return IngestResult(
                     IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", retryable=True, **base  # type: ignore[arg-type]
@@ -314,7 +322,7 @@ class ArchiveService:
             fresh = self.instances_to_read(ref.study_uid, sop_uid=ref.sop_uid)
             hot = self.settings.tiers.get(fresh[0].tier) if fresh else None
             if fresh and not (hot is not None and hot.archive):
-                return self.tier(fresh[0].tier).get(fresh[0].key)  # restored since ref was made
+                return self.read(fresh[0])  # restored since ref was made
             restore_flow.check_readable(self.catalog, self.settings, self.tier, ref.study_uid, self.clock())
             raise NotReady(f"study {ref.study_uid} is on archive tier {ref.tier!r}: it must be restored first "
                            f"(ilm recall {ref.study_uid})")
