@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
 from ilm.errors import ConfigError, IlmError, NotFound
@@ -34,7 +34,8 @@ def _when(t: Optional[datetime]) -> str:
 
 
 def _table(statuses: Sequence[Any]) -> Table:
-    table = Table("Study Instance UID", "State", "From", "To", "Requested", "Ready in / at", "Expires", "Detail")
+    table = Table(Column("Study Instance UID", overflow="fold"), "State", "From", "To", "Requested", "Ready in / at",
+                  "Expires", "Detail")
     for s in statuses:
         if s.state in ("requested", "restoring") and s.retry_after is not None:
             ready = f"{s.retry_after:.0f} s"
