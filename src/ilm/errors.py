@@ -15,6 +15,7 @@ file, key, UID or tier) so that front-ends can print it unchanged.
         ├── ObjectNotFound    the key is not on that tier
         ├── IntegrityError    what the tier holds does not hash to what was written
         ├── TierUnavailable   the tier cannot be reached at all
+        ├── TierFull          the tier has no room left (disk full, quota): ingest tries the next tier
         └── NotReady          the data is on an archive tier and must be restored first
 """
 
@@ -32,6 +33,7 @@ __all__ = [
     "ObjectNotFound",
     "IntegrityError",
     "TierUnavailable",
+    "TierFull",
     "NotReady",
 ]
 
@@ -82,6 +84,10 @@ class IntegrityError(StorageError):
 
 class TierUnavailable(StorageError):
     """The tier cannot be reached (server down, mount missing)."""
+
+
+class TierFull(StorageError):
+    """The tier refused a write for lack of space (ENOSPC, quota exceeded)."""
 
 
 class NotReady(StorageError):

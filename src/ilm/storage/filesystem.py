@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from ilm.errors import IntegrityError, ObjectNotFound, StorageError, TierUnavailable
+from ilm.errors import IntegrityError, ObjectNotFound, StorageError, TierFull, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
@@ -42,8 +42,8 @@ class FilesystemTier:
         return self.root / check_key(key)
 
     def _fail(self, what: str, key: str, exc: OSError) -> StorageError:
-        if exc.errno == errno.ENOSPC:
-            return StorageError(f"tier {self.name!r}: disk full writing {key} in {self.root}")
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return TierFull(f"tier {self.name!r}: disk full writing {key} in {self.root}")
         if not self.root.is_dir():
             return TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing")
         return StorageError(f"tier {self.name!r}: cannot {what} {key}: {exc.strerror or exc}")

@@ -33,7 +33,7 @@ import botocore.exceptions as bx  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from ilm.config import S3TierSettings
-from ilm.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
+from ilm.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError, TierFull, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
@@ -197,6 +197,8 @@ class S3Tier:
                 raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
             if code in _DENIED:
                 raise StorageError(f"{what}: access denied by {self._where()} ({code}: check the tier's credentials)") from None
+            if status == 507 or code in {"QuotaExceeded", "InsufficientStorage", "XMinioStorageFull"}:
+                raise TierFull(f"{what}: the store has no room left ({status} {code}: {msg})") from None
             if status in (502, 503, 504) or code in {"ServiceUnavailable", "SlowDown"}:
                 raise TierUnavailable(f"{what}: S3 endpoint {self._where()} unavailable ({status} {code})") from None
             raise StorageError(f"{what}: S3 error {code or status}: {msg}") from None
