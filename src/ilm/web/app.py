@@ -7,6 +7,7 @@ Routes:
     POST /dicomweb/studies/{study}        STOW-RS: store instances of that study only
     POST /api/restores, GET /api/restores restores from archive tiers (ilm.web.restore)
     GET  /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]][/metadata]  WADO-RS (ilm.web.wado)
+    GET  /dicomweb/studies, /series, /instances (and under a study or series)  QIDO-RS (ilm.web.qido)
 
 Thin: a handler reads the request, calls the service and writes the answer;
 the protocol details live in ``ilm.web.stow``. The body is read and split
@@ -28,6 +29,7 @@ from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
+from ilm.web.qido import qido_router
 from ilm.web.stow import (
     DICOM_JSON,
     MultipartCollector,
@@ -115,4 +117,5 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None)
 
     app.include_router(restore_router)
     app.include_router(wado_router)
+    app.include_router(qido_router(service))
     return app
