@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import catalog, cstore, data, harness, importing, report, stow, transition
+from bench import catalog, cstore, data, harness, importing, prefetch, report, stow, transition
 
-MODULES = [cstore, stow, importing, catalog, transition]
+MODULES = [cstore, stow, importing, catalog, transition, prefetch]
 BY_NAME = {m.NAME: m for m in MODULES}
 QUICK_INSTANCES = 250
 
