@@ -277,17 +277,28 @@ class ExpiringCopy:
 
 
 def expiring_copies(conn: Connection, now: datetime) -> list[ExpiringCopy]:
-    """Restored copies whose time is up, and copies left half-dropped by a crash."""
-    rows = conn.execute(
-        select(locations.c.id, locations.c.instance_pk, studies.c.study_uid, locations.c.tier,
-               locations.c.object_key, locations.c.state)
-        .join(instances, instances.c.id == locations.c.instance_pk)
-        .join(studies, studies.c.id == instances.c.study_pk)
-        .where(locations.c.expires_at.is_not(None),
-               (locations.c.expires_at <= now) | (locations.c.state == CopyState.DELETING.value))
-        .order_by(studies.c.study_uid, locations.c.id)
-    )
-    return [ExpiringCopy(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+    """Restored copies whose time is up, and copies left half-dropped by a crash.
+
+    Found through the restores that are ready and past their expiry (the
+    restores table is small and indexed by state), never by scanning locations.
+    """
+    due = conn.execute(
+        select(restores.c.study_uid, restores.c.target_tier)
+        .where(restores.c.state == "ready", restores.c.expires_at <= now).distinct()
+    ).all()
+    out: list[ExpiringCopy] = []
+    for study_uid, tier in due:
+        rows = conn.execute(
+            select(locations.c.id, locations.c.instance_pk, locations.c.tier, locations.c.object_key,
+                   locations.c.state)
+            .join(instances, instances.c.id == locations.c.instance_pk)
+            .join(studies, studies.c.id == instances.c.study_pk)
+            .where(studies.c.study_uid == study_uid, locations.c.tier == tier, locations.c.expires_at.is_not(None),
+                   (locations.c.expires_at <= now) | (locations.c.state == CopyState.DELETING.value))
+            .order_by(locations.c.id)
+        )
+        out.extend(ExpiringCopy(int(r[0]), int(r[1]), study_uid, r[2], r[3], r[4]) for r in rows)
+    return out
 
 
 def retire_copies(conn: Connection, copies: list[ExpiringCopy]) -> tuple[list[ExpiringCopy], list[ExpiringCopy]]:
