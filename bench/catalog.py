@@ -142,8 +142,9 @@ def _synth(kind: str, home: Path, url: str, n: int, timeout: float) -> dict[str,
 def run(ctx: Any) -> dict[str, Any]:
     n = QUICK if ctx.quick else FULL
     timeout = 900.0
-    have_synth = h.ilm_has_command("synth")
-    notes = [] if have_synth else ["`ilm synth` is not in this checkout yet: ilm was not measured."]
+    problem = h.ilm_command_problem("synth")
+    have_synth = problem is None
+    notes = [] if have_synth else [f"ilm was not measured: {problem}"]
     res: dict[str, Any] = {}
     with h.scratch("catalog") as folder:
         ctx.log(f"catalog: raw executemany of {n:,} rows into SQLite ...")

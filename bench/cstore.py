@@ -83,13 +83,17 @@ def run(ctx: Any) -> dict[str, Any]:
     data = ctx.dataset()
     receivers = list(RECEIVERS)
     notes = []
-    if not h.ilm_has_command("serve"):
+    problem = h.ilm_command_problem("serve")
+    if problem:
         receivers = [r for r in receivers if not r.startswith("ilm")]
-        notes.append("`ilm serve` is not in this checkout yet: ilm was not measured.")
+        notes.append(f"ilm was not measured: {problem}")
     timeout = 900.0 if not ctx.quick else 300.0
     rounds = []
     for r in range(ctx.rounds):
-        order = receivers[r % len(receivers):] + receivers[: r % len(receivers)]
+        # ilm and storescp (the 1.0x target) back to back, which one first alternating by round
+        pair = ["ilm", "storescp"] if r % 2 == 0 else ["storescp", "ilm"]
+        rest = ["ilm-nofsync", "orthanc"] if r % 2 == 0 else ["orthanc", "ilm-nofsync"]
+        order = [x for x in pair + rest if x in receivers]
         results = {}
         for rec in order:
             ctx.log(f"cstore round {r + 1}/{ctx.rounds}: {rec} ...")
@@ -183,5 +187,5 @@ def render(res: dict[str, Any]) -> str:
         out.append("Failures:\n\n" + "\n".join(errors).replace("\n\n", "\n"))
     prof = res.get("profile")
     if prof and prof.get("top"):
-        out.append(render_profile(prof, "during one extra C-STORE run"))
+        out.append(render_profile(prof, "during one extra C-STORE run", instances=res["instances"]))
     return "\n\n".join(out)

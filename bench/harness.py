@@ -328,10 +328,23 @@ def have_py_spy() -> bool:
     return (VENV_BIN / "py-spy").exists()
 
 
+def ilm_command_problem(name: str) -> str | None:
+    """None when this checkout's CLI has a working command ``name`` (serve, synth ...), else why not.
+
+    Tried twice, a few seconds apart: in a working tree others edit, a module
+    may be half-written for a moment."""
+    why = ""
+    for attempt in range(2):
+        r = subprocess.run([ilm_bin(), name, "--help"], capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            return None
+        why = "\n".join((r.stderr or r.stdout).strip().splitlines()[-3:])
+        time.sleep(5)
+    return f"`ilm {name} --help` failed: {why}"
+
+
 def ilm_has_command(name: str) -> bool:
-    """Whether this checkout's CLI has the command ``name`` (serve, synth ...)."""
-    r = subprocess.run([ilm_bin(), name, "--help"], capture_output=True, text=True, timeout=60)
-    return r.returncode == 0
+    return ilm_command_problem(name) is None
 
 
 def ilm_env(home: Path, **extra: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ def start_profiler(pid: int, out: str) -> "subprocess.Popen[bytes]":
     if not spy.exists():
         raise h.BenchError("py-spy is not installed in .venv (pip install py-spy)")
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
-                             "--threads", "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--threads", "--idle", "--output", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def stop_profiler(proc: "subprocess.Popen[bytes]") -> None:
@@ -34,32 +34,51 @@ def stop_profiler(proc: "subprocess.Popen[bytes]") -> None:
         h.stop_pid(proc.pid)
 
 
-_WAIT = re.compile(r"^(\S*\.)?(select|wait|_wait_for_tstate_lock|sleep|poll|acquire|accept)\b")
-_WAIT_LINE = re.compile(r"\b(sleep|select|wait|poll|acquire|accept)\(")
+_WAIT = re.compile(r"^(\S*\.)?(select|wait|_wait_for_tstate_lock|sleep|poll|acquire|accept|recv|recv_into)\b")
+_WAIT_LINE = re.compile(r"\b(sleep|select|wait|poll|acquire|accept|recv|recv_into)\(")
 
 
-def _is_waiting(frame: str) -> bool:
-    """Whether a py-spy frame "func (pkg/file.py:LINE)" sits in a sleep/select/wait (by its function or source line)."""
+def source_line(frame: str) -> str:
+    """The source text of a py-spy frame "func (pkg/file.py:LINE)", found on sys.path; "" if unknown."""
     m = re.search(r"\(([^()]+\.py):(\d+)\)$", frame)
-    if _WAIT.search(frame):
-        return True
     if not m:
-        return False
+        return ""
     rel, line = m.group(1), int(m.group(2))
     for base in sys.path:
         path = os.path.join(base or ".", rel)
         if os.path.isfile(path):
-            return bool(_WAIT_LINE.search(linecache.getline(path, line)))
-    return False
+            return linecache.getline(path, line).strip()
+    return ""
 
 
-def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float]]]:
-    """Top functions from py-spy's collapsed stacks: by own time, and by inclusive time for ilm's own code."""
+def _is_waiting(frame: str) -> bool:
+    """Whether a py-spy frame sits in a sleep/select/wait/recv (by its function or its source line)."""
+    return bool(_WAIT.search(frame) or _WAIT_LINE.search(source_line(frame)))
+
+
+def _key(frame: str) -> str:
+    """"func (path/to/file.py:123)" -> "func (file.py)": the lines of a function together."""
+    return re.sub(r"\((?:.*/)?([^/]+?):\d+\)$", r"(\1)", frame)
+
+
+def summarize_profile(path: str, n: int = 15) -> dict[str, Any]:
+    """What py-spy's collapsed stacks (``--threads --idle``) say about ilm.
+
+    - ``own``/``lines``: where the threads that were running (not sitting in
+      select/wait/sleep/recv) spent their time, by function and by line, as a
+      share of those running samples;
+    - ``thread``: the thread that ran most of ilm's ingest code (for C-STORE
+      the association's thread, which handles one instance after the other),
+      its wall time split into ilm's functions (inclusive) and the rest
+      (pynetdicom or the web server receiving and answering, idle between
+      requests); py-spy with --idle samples a thread whatever it does, so the
+      shares are shares of that thread's wall time.
+    """
     own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    ours: set[str] = set()
     lines_own: Counter[str] = Counter()
-    total = waiting = 0
+    running = waiting = 0
+    per_thread: Counter[str] = Counter()
+    thread_ilm: dict[str, Counter[str]] = {}
     try:
         lines = open(path).read().splitlines()
     except OSError:
@@ -69,45 +88,62 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, list[tuple[str, float
         if not stack or not count.isdigit():
             continue
         c = int(count)
-        raw = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if raw and _is_waiting(raw[-1]):
+        parts = stack.split(";")
+        thread = next((re.sub(r"@\d+$", "", p.split(": ", 1)[-1]) + " " + p.split(":", 1)[0].split(" ", 1)[-1]
+                       for p in parts if p.startswith("thread ")), "?")
+        raw = [f for f in parts if not f.startswith(("process ", "thread "))]
+        if not raw:
+            continue
+        per_thread[thread] += c
+        ilm_frames = {_key(f) for f in raw if "(ilm/" in f and "/cli/" not in f}
+        if ilm_frames:
+            bucket = thread_ilm.setdefault(thread, Counter())
+            for f in ilm_frames:
+                bucket[f] += c
+        if _is_waiting(raw[-1]):
             waiting += c
-            total += c
             continue
-        frames = []
-        for f in stack.split(";"):
-            if f.startswith(("process ", "thread ")):
-                continue
-            # "func (path/to/file.py:123)" -> "func (file.py)": aggregate the lines of a function
-            key = re.sub(r"\((?:.*/)?([^/]+?):\d+\)$", r"(\1)", f)
-            if "(ilm/" in f and "/cli/" not in f:
-                ours.add(key)
-            frames.append(key)
-        if not frames:
-            continue
-        total += c
-        own[frames[-1]] += c
-        lines_own[re.sub(r"\((?:.*?/)?((?:ilm|pynetdicom|pydicom|sqlalchemy)/[^()]+)\)$", r"(\1)", raw[-1])] += c
-        for f in set(frames):
-            incl[f] += c
-    if not total:
+        running += c
+        own[_key(raw[-1])] += c
+        lines_own[re.sub(r"\((?:.*?/)?((?:ilm|pynetdicom|pydicom|sqlalchemy|uvicorn|h11|python_multipart|starlette)/[^()]+)\)$",
+                         r"(\1)", raw[-1])] += c
+    if not running:
         return {}
-    ilm_incl = Counter({f: c for f, c in incl.items() if f in ours})
-    return {
-        "samples": [("total", float(total))],
-        "waiting": [("select/wait/sleep", round(100 * waiting / total, 1))],
-        "own": [(f, round(100 * c / total, 1)) for f, c in own.most_common(n)],
-        "lines": [(f, round(100 * c / total, 1)) for f, c in lines_own.most_common(n)],
-        "inclusive": [(f, round(100 * c / total, 1)) for f, c in ilm_incl.most_common(n)],
+    out: dict[str, Any] = {
+        "running_samples": running,
+        "waiting_share": round(100 * waiting / (running + waiting), 1),
+        "own": [(f, round(100 * c / running, 1)) for f, c in own.most_common(n)],
+        "lines": [(f, round(100 * c / running, 1), source_line(f)) for f, c in lines_own.most_common(n)],
     }
+    if thread_ilm:
+        name = max(thread_ilm, key=lambda t: max(thread_ilm[t].values()))
+        wall = per_thread[name]
+        out["thread"] = {
+            "name": name, "samples": wall, "threads_in_ilm": len(thread_ilm),
+            "inclusive": [(f, round(100 * c / wall, 1)) for f, c in thread_ilm[name].most_common(n)],
+        }
+    return out
 
 
-def render_profile(prof: dict[str, Any], when: str) -> str:
+def render_profile(prof: dict[str, Any], when: str, instances: int | None = None) -> str:
+    """Markdown for a profile; with ``instances``, the thread's shares also as milliseconds per instance
+    (of the profiled run, which py-spy slows down)."""
     top = prof["top"]
-    waiting = top.get("waiting", [("", 0)])[0][1]
-    return (f"Profile of `ilm serve` {when} (py-spy, all threads, `{prof['file']}`): share of the samples py-spy "
-            f"took of running threads (it slows the server down while sampling; {waiting}% of the samples sat in "
-            "select/wait/sleep and are left out below):\n\n"
-            + table(["function (own time)", "%"], [(f"`{f}`", p) for f, p in top.get("own", [])[:12]])
-            + "\n\n" + table(["ilm function (inclusive)", "%"], [(f"`{f}`", p) for f, p in top.get("inclusive", [])[:12]])
-            + "\n\n" + table(["hottest lines (own time)", "%"], [(f"`{f}`", p) for f, p in top.get("lines", [])[:8]]))
+    parts = [f"Profile of `ilm serve` {when} (py-spy `--threads --idle`, raw stacks in `{prof['file']}`; "
+             "py-spy slows the server down while it samples)."]
+    th = top.get("thread")
+    seconds = (prof.get("run") or {}).get("seconds")
+    if th:
+        ms = (lambda p: f"{p / 100 * seconds / instances * 1000:.2f}") if instances and seconds else None
+        rows = [(f"`{f}`", p) + ((ms(p),) if ms else ()) for f, p in th["inclusive"][:10]]
+        head = ["ilm function (inclusive)", "% of the thread's wall time"] + (["ms per instance"] if ms else [])
+        parts.append(f"Wall time of the thread that ran most of ilm's ingest (`{th['name']}`; "
+                     f"{th['threads_in_ilm']} thread(s) ran ilm code); the rest of its time is the "
+                     "network front-end receiving, answering and waiting for the next request:\n\n" + table(head, rows))
+    parts.append(f"Where the running threads spent their time ({top.get('waiting_share')}% of all samples sat in "
+                 "select/wait/sleep/recv and are left out):\n\n"
+                 + table(["function (own time)", "% of running samples"], [(f"`{f}`", p) for f, p in top.get("own", [])[:10]])
+                 + "\n\n" + table(["hottest lines (own time)", "code", "% of running samples"],
+                                   [(f"`{x[0]}`", f"`{x[2]}`" if len(x) > 2 and x[2] else "", x[1])
+                                    for x in top.get("lines", [])[:8]]))
+    return "\n\n".join(parts)

@@ -48,7 +48,7 @@ def target_cell(ratios: Sequence[float | None], target: float) -> str:
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -78,8 +78,9 @@ their range over rounds in parentheses.
 REPRODUCE = """## How to reproduce
 
 ```sh
-make bench                                  # everything, about 15 minutes on 2 cores
-make bench BENCH_ARGS="--only cstore"       # one benchmark (cstore, stow, import, catalog)
+make bench                                  # everything, about 15-20 minutes on 2 cores
+make bench BENCH_ARGS="--profile"           # also profile ilm serve (py-spy in .venv) even when it meets its targets
+make bench BENCH_ARGS="--only cstore"       # one benchmark (see python -m bench --help)
 make bench BENCH_ARGS="--quick"             # small sizes: 250 instances, 100k catalog studies
 .venv/bin/python -m bench --report          # rewrite this file from bench/results/*.json
 ```

@@ -162,9 +162,10 @@ def run(ctx: Any) -> dict[str, Any]:
     bodies = [multipart(blobs[i:i + BATCH]) for i in range(0, len(blobs), BATCH)]
     systems = list(SYSTEMS)
     notes = []
-    if not h.ilm_has_command("serve"):
+    problem = h.ilm_command_problem("serve")
+    if problem:
         systems.remove("ilm")
-        notes.append("`ilm serve` is not in this checkout yet: ilm was not measured.")
+        notes.append(f"ilm was not measured: {problem}")
     timeout = 600.0
     rounds = []
     for r in range(ctx.rounds):
