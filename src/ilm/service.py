@@ -42,6 +42,7 @@ from ilm.catalog.retention import HoldRow, QuarantinedStudy, patient_key, quaran
 from ilm.lifecycle import retention
 from ilm.lifecycle.apply import ApplyReport, apply_plan
 from ilm.lifecycle.move import RecoveryReport, recover_moves
+from ilm.lifecycle import watermark
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.lifecycle.promote import Promoter
 from ilm.lifecycle.tiering import TIERING_POLICY
@@ -471,6 +472,10 @@ class ArchiveService:
         plan = self.plan_get(plan_id)
         if plan is None:
             raise NotFound(f"no plan {plan_id!r} (see 'ilm plan list')")
+        if watermark.is_watermark_plan(plan):  # a watermark run's plan (ilm watermark)
+            source = self.read_policy(Path(plan.policy_path)) if plan.policy_path else None
+            return watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, plan_id, policy=source,
+                                                  approved_by=approved_by, progress=progress)
         source = self.read_policy(Path(plan.policy_path))
         return apply_plan(self.catalog, self.settings, self.tier, plan_id, source, approved_by=approved_by,
                           progress=progress)
@@ -545,3 +550,34 @@ class ArchiveService:
         with self._restore_lock:
             return restore_flow.process_restores(self.catalog, self.settings, self.tier, self.clock(),
                                                  workers=self.settings.lifecycle.move_workers)
+
+    # -- capacity watermarks (ilm.lifecycle.watermark) --------------------------
+
+    def _watermark_policy(self, policy: Path | None) -> PolicySource | None:
+        """The policy whose keep rules pin studies: the one given, else lifecycle.schedule_policy."""
+        if policy is None and self.settings.lifecycle.schedule_policy:
+            policy = self.settings.resolve(self.settings.lifecycle.schedule_policy)
+        return self.read_policy(policy) if policy is not None else None
+
+    def watermarks(self, *, tier: str | None = None) -> list[watermark.TierWatermark]:
+        """Each tier with a high watermark (or the one named), measured now."""
+        return watermark.watermark_status(self.catalog, self.settings, self.tier, tier=tier)
+
+    def watermark_plan(self, *, by: str, tier: str | None = None, policy: Path | None = None,
+                       store: bool = True) -> list[watermark.WatermarkPlan]:
+        """What a watermark run would do (store=False: a preview), one plan per tier past its high watermark."""
+        return watermark.plan_watermarks(self.catalog, self.settings, self.tier, by=by, tier=tier,
+                                         policy=self._watermark_policy(policy), store=store)
+
+    def watermark_run(self, *, by: str, tier: str | None = None, policy: Path | None = None,
+                      ) -> list[tuple[watermark.WatermarkPlan, ApplyReport | None]]:
+        """Plan and apply: every tier past its high watermark sheds its least recently read studies."""
+        source = self._watermark_policy(policy)
+        out: list[tuple[watermark.WatermarkPlan, ApplyReport | None]] = []
+        for wp in watermark.plan_watermarks(self.catalog, self.settings, self.tier, by=by, tier=tier, policy=source):
+            report = None
+            if wp.plan is not None:
+                report = watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, wp.plan.id,
+                                                        policy=source, approved_by=by)
+            out.append((wp, report))
+        return out

@@ -1,0 +1,108 @@
+"""``ilm watermark``: check each tier's capacity watermarks and shed what is over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
+from ilm.cli.archive import human_bytes
+from ilm.cli.lifecycle import ByOption, _who
+from ilm.cli.policy import _print_summary
+from ilm.errors import IlmError
+from ilm.policy import PolicyError
+
+
+def _limit(text: str, n: int) -> str:
+    return f"{text} ({human_bytes(n)})" if text.endswith("%") else human_bytes(n)
+
+
+def _status_table(rows: list[Any]) -> Table:
+    t = Table("Tier", "Measured", "Used", "Capacity", "High", "Low", "Reserve", "State")
+    for st in rows:
+        if st.error:
+            t.add_row(st.tier, "", "", "", "", "", "", f"[red]{st.error}[/]")
+            continue
+        u, lim = st.usage, st.limits
+        state = "[bold red]over high[/]" if st.triggered else ("over low" if u.used + lim.reserve > lim.low else "ok")
+        t.add_row(st.tier, u.measured, human_bytes(u.used), human_bytes(u.capacity) if u.capacity else "",
+                  _limit(lim.high_text, lim.high), _limit(lim.low_text, lim.low),
+                  human_bytes(lim.reserve), state)
+    return t
+
+
+def _json(wp: Any, report: Any = None) -> dict[str, Any]:
+    st = wp.status
+    out: dict[str, Any] = {"tier": st.tier, "triggered": st.triggered, "error": st.error or None,
+                           "next_tier": st.next_tier}
+    if st.usage is not None and st.limits is not None:
+        out.update(used=st.usage.used, capacity=st.usage.capacity, measured=st.usage.measured, high=st.limits.high,
+                   low=st.limits.low, reserve=st.limits.reserve)
+    if wp.plan is not None:
+        out["plan_id"] = wp.plan.id
+        out["summary"] = wp.plan.summary
+        out["actions"] = [{k: a[k] for k in ("study_uid", "decision", "target_tier", "size_bytes", "reason")}
+                          for a in wp.actions]
+    if report is not None:
+        out["report"] = report
+    return out
+
+
+@app.command()
+def watermark(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what a run would do; store and change nothing."),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Store the plans for approval (ilm apply PLAN); move nothing."),
+    tier: Optional[str] = typer.Option(None, "--tier", help="Only this tier (default: every tier with a high_watermark)."),
+    policy: Optional[Path] = typer.Option(None, "--policy",
+                                          help="Policy whose keep rules pin studies (default: lifecycle.schedule_policy)."),
+    home: Optional[Path] = HomeOption,
+    by: Optional[str] = ByOption,
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Capacity watermarks: every tier past its high watermark moves its least recently
+    read studies down a tier (drops copies verified elsewhere) until it is under its low one."""
+    who = _who(by)
+    with open_service(home) as service:
+        try:
+            if dry_run or plan_only:
+                results: list[tuple[Any, Any]] = [(wp, None) for wp in
+                                                  service.watermark_plan(by=who, tier=tier, policy=policy, store=plan_only)]
+            else:
+                results = service.watermark_run(by=who, tier=tier, policy=policy)
+        except PolicyError as exc:
+            for i in exc.issues:
+                err_console.print(str(i), highlight=False, soft_wrap=True)
+            fail(f"{policy}: the policy has errors; nothing was planned", 2)
+        except IlmError as exc:
+            fail(str(exc), 2)
+    if json_out:
+        print_json([_json(wp, r) for wp, r in results])
+    else:
+        if not results:
+            console.print("no tier has a high_watermark (see docs/tiers.md, Watermarks)")
+            return
+        console.print(_status_table([wp.status for wp, _r in results]))
+        for wp, report in results:
+            if wp.plan is None:
+                continue
+            w = wp.plan.summary["watermark"]
+            head = f"[bold]{wp.status.tier}[/]: free {human_bytes(w['to_free'])}; the plan frees {human_bytes(w['freed'])}"
+            head += "" if w["ends_under_low"] else " [red](not enough: it stays over its low watermark)[/]"
+            console.print(head, highlight=False)
+            _print_summary(wp.plan.summary, None if dry_run else wp.plan.id)
+            t = Table("Study Instance UID", "Decision", "To", "Size", "Reason")
+            for a in wp.actions:
+                t.add_row(a["study_uid"], a["decision"], a["target_tier"] or "", human_bytes(a["size_bytes"]), a["reason"])
+            console.print(t)
+            if report is not None:
+                console.print(f"plan {wp.plan.id}: {report.done} done, {len(report.skipped)} skipped, "
+                              f"{len(report.failed)} failed; {human_bytes(report.bytes_moved)} moved", highlight=False)
+                for uid, why in report.failed:
+                    err_console.print(f"  failed {uid}: {why}", highlight=False)
+            elif plan_only:
+                console.print(f"review: ilm plan show {wp.plan.id}    apply: ilm apply {wp.plan.id}", highlight=False)
+    if any(r is not None and r.failed for _wp, r in results):
+        raise typer.Exit(1)
