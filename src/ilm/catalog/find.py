@@ -248,7 +248,8 @@ def _pattern_match(expr: Any, text: str, dialect: str, *, fold: bool, wild: bool
         pat = prefix.replace("%", "*") + _glob_pattern(text, wild=wild) + suffix.replace("%", "*")
         return expr.op("GLOB")(pat)  # type: ignore[no-any-return]
     pat = prefix + _like_pattern(text.lower() if fold else text, wild=wild) + suffix
-    return (func.lower(expr) if fold else expr).like(pat, escape=_ESC)  # type: ignore[no-any-return]
+    target: Any = func.lower(expr) if fold else expr
+    return target.like(pat, escape=_ESC)  # type: ignore[no-any-return]
 
 
 def _element_condition(a: _Attr, col: Any, p: str, dialect: str) -> ColumnElement[bool]:

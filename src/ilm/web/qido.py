@@ -127,7 +127,9 @@ def _dicom_json(row: dict[str, Any], fields: list[str], retrieve_url: str) -> di
             value = None
         elif isinstance(value, list) and len(value) == 1:
             value = value[0]
-        ds.add_new(tag_for_keyword(kw), dictionary_VR(kw), value)
+        tag = tag_for_keyword(kw)
+        if tag is not None:
+            ds.add_new(tag, dictionary_VR(tag), value)
     ds.RetrieveURL = retrieve_url
     return ds.to_json_dict()
 
