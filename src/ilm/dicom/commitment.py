@@ -112,7 +112,8 @@ def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSet
     time.sleep(REPORT_GRACE_SECONDS)
     if assoc.is_established:
         try:
-            status = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+            status, _ = assoc.send_n_event_report(info, event_type, StorageCommitmentPushModel,
+                                                  STORAGE_COMMITMENT_INSTANCE)
             if status.get("Status") == 0x0000:
                 log.info("storage commitment %s reported to %s on its association", transaction_uid, requester)
                 return
@@ -135,7 +136,7 @@ def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSet
                   transaction_uid, requester, dest.host, dest.port)
         return
     try:
-        status = out.send_n_event_report(info, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
+        status, _ = out.send_n_event_report(info, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
         log.info("storage commitment %s reported to %s on a new association: 0x%04X", transaction_uid, requester,
                  int(status.get("Status", 0xFFFF)))
     finally:
