@@ -451,3 +451,33 @@ def test_cli_watermark(tmp_path: Path, catalog_url: str, pydicom_test_files: Pat
     assert r.exit_code == 0 and "watermark:hot" in r.output
     r = runner.invoke(app, ["watermark", "--tier", "warm", "--home", str(home)])
     assert r.exit_code == 2 and "no high_watermark" in r.output
+
+
+def test_serve_checks_watermarks_periodically(tmp_path: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    """The loop ilm serve starts: a tier that passes its high watermark is brought under its low one."""
+    import threading
+    import time
+
+    from ilm.cli.watermark import start_watermark_checks
+
+    service = _service(tmp_path, catalog_url, 'high_watermark = "600KB"\nlow_watermark = "400KB"\n')
+    stop = threading.Event()
+    t = None
+    try:
+        _fill(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=4)  # under the high watermark
+        t = start_watermark_checks(service, stop, interval=0.2)
+        assert t is not None
+        time.sleep(0.5)
+        assert service.plans() == []  # under the high watermark: nothing planned
+        _fill(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=6, base="1.2.826.0.1.3680043.10.89")
+        deadline = time.monotonic() + 30
+        while _hot_bytes(service) > 400_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _hot_bytes(service) <= 400_000
+        (plan,) = service.plans()
+        assert plan.policy_name == "watermark:hot" and plan.created_by == "ilm-watermark"
+    finally:
+        stop.set()
+        if t is not None:
+            t.join(timeout=30)
+        service.close()

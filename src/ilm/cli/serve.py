@@ -13,6 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from ilm.cli.app import HomeOption, app, console, fail, open_service
+from ilm.cli.watermark import start_watermark_checks
 from ilm.config import DicomSettings, HttpSettings
 from ilm.service import ArchiveService
 
@@ -69,6 +70,7 @@ def serve(
                 logging.getLogger("ilm").warning("recovery: %s", p)
         scheduler = _start_scheduler(service, stop)
         restorer = _start_restore_worker(service, stop)
+        watermarks = start_watermark_checks(service, stop)  # capacity watermarks (docs/tiers.md)
         service.promotions.start()  # access-based tiering: promotion on read, prefetch of priors (docs/tiers.md)
         if service.promotions.active:
             console.print(f"tiering: promoting studies on read/prefetch, at most {service.promotions.per_minute}/min",
@@ -104,6 +106,8 @@ def serve(
                 scheduler.join(timeout=30)
             if restorer is not None:
                 restorer.join(timeout=30)
+            if watermarks is not None:
+                watermarks.join(timeout=30)
     console.print("stopped", highlight=False)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -106,3 +109,42 @@ def watermark(
                 console.print(f"review: ilm plan show {wp.plan.id}    apply: ilm apply {wp.plan.id}", highlight=False)
     if any(r is not None and r.failed for _wp, r in results):
         raise typer.Exit(1)
+
+
+# How often ilm serve measures the tiers that have a high_watermark (ILM_WATERMARK_INTERVAL_SECONDS overrides).
+WATERMARK_INTERVAL_SECONDS = 300.0
+
+
+def start_watermark_checks(service: Any, stop: threading.Event, interval: float | None = None) -> threading.Thread | None:
+    """ilm serve: run the watermarks now and every few minutes while a tier has a high_watermark.
+
+    A tier under its high watermark costs one measurement; a tier past it is
+    planned and applied at once (the plan is stored and audited like any run
+    of ``ilm watermark``)."""
+    if not any(t.high_watermark for t in service.settings.tiers.values()):
+        return None
+    every = interval if interval is not None else float(os.environ.get("ILM_WATERMARK_INTERVAL_SECONDS")
+                                                         or WATERMARK_INTERVAL_SECONDS)
+    log = logging.getLogger("ilm.watermark")
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                for wp, report in service.watermark_run(by="ilm-watermark"):
+                    if wp.status.error:
+                        log.error("%s", wp.status.error)
+                    if wp.plan is None or report is None:
+                        continue
+                    w = wp.plan.summary["watermark"]
+                    log.warning("tier %r past its high watermark: plan %s moved or dropped %d studies "
+                                "(%d skipped, %d failed); %s under the low watermark", wp.status.tier, wp.plan.id,
+                                report.done, len(report.skipped), len(report.failed),
+                                "now" if w["ends_under_low"] else "NOT")
+            except Exception as exc:  # a bad policy or a catalog hiccup must not stop the archive
+                log.error("watermark check: %s", exc)
+            stop.wait(every)
+
+    t = threading.Thread(target=loop, name="ilm-watermark", daemon=True)
+    t.start()
+    console.print(f"watermarks: checking tiers every {every:g} s", highlight=False)
+    return t
