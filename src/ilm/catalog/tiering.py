@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.engine import Connection
@@ -108,12 +109,11 @@ class PatientStudies:
     others: list[StudyFacts]
 
 
-def _lite(r: object) -> StudyFacts:
+def _lite(r: Any) -> StudyFacts:
     return StudyFacts(
-        study_uid=r.study_uid, study_date=r.study_date, modalities=split_multi(r.modalities),  # type: ignore[attr-defined]
-        body_parts=split_multi(r.body_parts), tiers=split_multi(r.tiers),  # type: ignore[attr-defined]
-        size_bytes=int(r.size_bytes), instance_count=int(r.instance_count),  # type: ignore[attr-defined]
-        received_at=r.received_at, last_accessed_at=r.last_accessed_at,  # type: ignore[attr-defined]
+        study_uid=r.study_uid, study_date=r.study_date, modalities=split_multi(r.modalities),
+        body_parts=split_multi(r.body_parts), tiers=split_multi(r.tiers), size_bytes=int(r.size_bytes),
+        instance_count=int(r.instance_count), received_at=r.received_at, last_accessed_at=r.last_accessed_at,
     )
 
 
