@@ -363,3 +363,23 @@ def test_apply_of_a_policy_plan_packs(tmp_path: Path, catalog_url: str, pydicom_
         assert _read_all(svc, study) == originals
     finally:
         svc.close()
+
+
+def test_resend_of_a_packed_instance_under_another_header_is_a_duplicate(tmp_path: Path, catalog_url: str,
+                                                                         pydicom_test_files: Path) -> None:
+    svc = _service(tmp_path, catalog_url, COLD_FS)
+    try:
+        study = "1.2.826.0.1.3680043.10.55"
+        originals = _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, n=2)
+        assert move_study(svc.catalog, svc.tier, study, "cold").ok
+        sop = sorted(originals)[0]
+        ds = pydicom.dcmread(io.BytesIO(originals[sop]))
+        ds.file_meta.ImplementationVersionName = "OTHER_SENDER"  # same dataset, another file meta header
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        assert buf.getvalue() != originals[sop]
+        r = svc.ingest_bytes(buf.getvalue(), "resend")
+        assert r.status.value == "duplicate", r.reason
+        assert len(_keys(svc, "cold")) == 1 and _keys(svc, "hot") == []
+    finally:
+        svc.close()

@@ -281,7 +281,14 @@ class ArchiveService:
             copies = instance_locations(conn, f.sop_instance_uid)
         for tier_name, key in copies:
             try:
-                stored = self.tier(tier_name).get(key)
+                if key.endswith(".pack"):  # inside a packed study: its own byte range, not the whole pack
+                    refs = [r for r in self.instances_to_read(f.study_instance_uid, sop_uid=f.sop_instance_uid)
+                            if r.tier == tier_name]
+                    if not refs:
+                        continue
+                    stored = self.read(refs[0])
+                else:
+                    stored = self.tier(tier_name).get(key)
             except (StorageError, IlmError):
                 continue
             return dataset_bytes(stored) == dataset_bytes(blob)
