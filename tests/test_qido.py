@@ -277,3 +277,16 @@ def test_results_are_capped_with_a_warning(service: ArchiveService, archive: qd.
         assert len(r.json()) == 2 and "warning" not in r.headers
         r = c.get("/dicomweb/studies", params={"limit": 3})
         assert len(r.json()) == 3 and "warning" not in r.headers  # the client's own limit
+
+
+def test_catalog_failure_is_503(http_server: str, service: ArchiveService, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ilm.errors import CatalogError
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise CatalogError("catalog unavailable: OperationalError")
+
+    monkeypatch.setattr(service, "query", down)
+    r = httpx.get(f"{http_server}/dicomweb/studies")
+    assert r.status_code == 503 and "catalog unavailable" in r.json()["detail"]
+    monkeypatch.undo()
+    assert httpx.get(f"{http_server}/dicomweb/studies").status_code == 200
