@@ -383,3 +383,67 @@ def test_resend_of_a_packed_instance_under_another_header_is_a_duplicate(tmp_pat
         assert len(_keys(svc, "cold")) == 1 and _keys(svc, "hot") == []
     finally:
         svc.close()
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_sigkill_while_packing_to_s3_leaves_no_orphan(tmp_path: Path, catalog_url: str, s3_server: SeaweedFS,
+                                                      pydicom_test_files: Path) -> None:
+    """A real ``ilm apply`` packing studies onto S3, killed with SIGKILL at random
+    moments and resumed: every instance stays readable after every kill; at the end
+    each study is one pack, and the bucket holds nothing the catalog does not know."""
+    import json
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    studies, per = 8, 20
+    svc = _service(tmp_path, catalog_url, _cold_s3(s3_server) + "\n[lifecycle]\nmax_mb_per_s = 0.8\n")
+    try:
+        originals: dict[str, bytes] = {}
+        uids = [f"1.2.826.0.1.3680043.10.56.{s + 1}" for s in range(studies)]
+        for uid in uids:
+            originals |= _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, n=per, study=uid)
+        policy = tmp_path / "p.yaml"
+        policy.write_text("name: to-cold\nrules:\n  - id: all-cold\n    when: {current_tier: hot}\n"
+                          "    action: {transition: cold}\n")
+        env = dict(os.environ, ILM_HOME=str(svc.settings.home))
+        plan = json.loads(subprocess.run([sys.executable, "-m", "ilm", "plan", "--policy", str(policy), "--json"],
+                                         env=env, check=True, capture_output=True).stdout)
+
+        def all_readable() -> None:
+            got: dict[str, bytes] = {}
+            for uid in uids:
+                got |= _read_all(svc, uid)
+            assert got == originals
+
+        rng = random.Random(4)
+        kills = 0
+        for _ in range(40):
+            proc = subprocess.Popen([sys.executable, "-m", "ilm", "apply", plan["plan_id"], "--resume",
+                                     "--approved-by", "crash-test"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.8, 2.5))
+            if proc.poll() is not None:
+                break
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            all_readable()
+        assert kills >= 5, f"only {kills} kills happened before apply finished"
+        final = subprocess.run([sys.executable, "-m", "ilm", "apply", plan["plan_id"], "--resume",
+                                "--approved-by", "crash-test"], env=env, capture_output=True, timeout=600)
+        assert final.returncode == 0, final.stderr.decode()
+        all_readable()
+        rows = _rows(svc)
+        assert {t for _s, t, *_x in rows} == {"cold"}
+        packs = _keys(svc, "cold")
+        assert len(packs) == studies and all(k.endswith(".pack") for k in packs)
+        assert {k for _s, _t, k, *_x in rows} == set(packs)  # no orphan pack, no pack without its instances
+        assert _keys(svc, "hot") == []
+        assert set(_journal(svc)) <= {"done", "rolled_back"}
+    finally:
+        svc.close()
