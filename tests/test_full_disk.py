@@ -18,7 +18,6 @@ from pathlib import Path
 import pydicom
 import pytest
 import sqlalchemy as sa
-
 from conftest import write_config
 
 from ilm.config import load_settings

@@ -13,14 +13,13 @@ import hashlib
 import io
 import zipfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
 import sqlalchemy as sa
-
 from conftest import write_config
 from support.seaweed import SeaweedFS
 
@@ -356,7 +355,7 @@ def test_apply_of_a_policy_plan_packs(tmp_path: Path, catalog_url: str, pydicom_
         policy = tmp_path / "p.yaml"
         policy.write_text("name: to-cold\nrules:\n  - id: all-cold\n    when: {current_tier: hot}\n"
                           "    action: {transition: cold}\n")
-        plan = svc.plan(policy, as_of=datetime.now(timezone.utc).date(), by="test")
+        plan = svc.plan(policy, as_of=datetime.now(UTC).date(), by="test")
         report = svc.apply(plan.plan.id, approved_by="test")
         assert report.done == 1 and not report.failed
         assert len(_keys(svc, "cold")) == 1

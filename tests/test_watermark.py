@@ -15,16 +15,15 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
 import pydicom
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
-
 from conftest import write_config
+from typer.testing import CliRunner
 
 import ilm.lifecycle.watermark_plan as wmp
 from ilm.catalog.copies import refresh_study_tiers
@@ -32,10 +31,19 @@ from ilm.cli import app
 from ilm.config import load_settings
 from ilm.lifecycle.limits import MaintenanceWindow
 from ilm.lifecycle.move import move_study, recover_moves
-from ilm.lifecycle.watermark_plan import Candidate, Kind, Usage, WatermarkError, limits, parse_threshold, reserve_bytes, select
+from ilm.lifecycle.watermark_plan import (
+    Candidate,
+    Kind,
+    Usage,
+    WatermarkError,
+    limits,
+    parse_threshold,
+    reserve_bytes,
+    select,
+)
 from ilm.service import ArchiveService
 
-UTC = timezone.utc
+UTC = UTC
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 

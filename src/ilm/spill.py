@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
@@ -31,7 +31,7 @@ from ilm.config import Settings
 from ilm.errors import StorageError, TierFull
 from ilm.storage import ObjectExists, Tier
 
-__all__ = ["Spilled", "Spill", "lower_tiers"]
+__all__ = ["Spill", "Spilled", "lower_tiers"]
 
 log = logging.getLogger("ilm.ingest")
 
@@ -94,7 +94,7 @@ class Spill:
         log.warning("ingest: tier %r is full; study %s is being stored on %r (%s)", full_tier, study_uid, tier, why)
         try:
             with self.catalog.write() as conn:
-                append_audit(conn, at=datetime.now(timezone.utc), actor="ilm-ingest", action="ingest.spill",
+                append_audit(conn, at=datetime.now(UTC), actor="ilm-ingest", action="ingest.spill",
                              study_uid=study_uid, detail={"ingest_tier": full_tier, "stored_on": tier,
                                                           "reason": str(why)[:300]})
         except Exception as exc:  # noqa: BLE001 - the instance is stored; the audit entry is best effort

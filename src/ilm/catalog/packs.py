@@ -32,9 +32,22 @@ from ilm.catalog.schema import instances, locations, moves, series, studies
 from ilm.models import CopyState
 
 __all__ = [
-    "PackCopy", "PACK_COPYING", "DROPPING", "study_pack_copies", "has_packed_copy", "start_pack_moves",
-    "commit_pack_moves", "references", "live_references", "PendingPackMove", "pending_pack_moves", "DropSource",
-    "drop_sources", "finish_drops", "end_pack_moves", "mark_drops",
+    "DROPPING",
+    "PACK_COPYING",
+    "DropSource",
+    "PackCopy",
+    "PendingPackMove",
+    "commit_pack_moves",
+    "drop_sources",
+    "end_pack_moves",
+    "finish_drops",
+    "has_packed_copy",
+    "live_references",
+    "mark_drops",
+    "pending_pack_moves",
+    "references",
+    "start_pack_moves",
+    "study_pack_copies",
 ]
 
 PACK_COPYING = "pack_copying"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.engine import Connection
@@ -13,14 +13,14 @@ from sqlalchemy.orm import aliased
 from ilm.catalog.schema import instances, locations, studies
 from ilm.models import CopyState
 
-__all__ = ["TierStudy", "tier_studies_lru", "study_on_tier", "copies_only_here", "study_state"]
+__all__ = ["TierStudy", "copies_only_here", "study_on_tier", "study_state", "tier_studies_lru"]
 
 PAGE = 2000
 
 
 def _aware(t: datetime | None) -> datetime | None:
     if t is not None and t.tzinfo is None:
-        return t.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
+        return t.replace(tzinfo=UTC)  # SQLite hands back naive UTC
     return t
 
 

@@ -6,12 +6,20 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
+from ilm.cli.app import (
+    HomeOption,
+    app,
+    console,
+    err_console,
+    fail,
+    open_service,
+    print_json,
+)
 from ilm.cli.archive import human_bytes
 from ilm.cli.lifecycle import ByOption, _who
 from ilm.cli.policy import _print_summary
@@ -58,11 +66,11 @@ def _json(wp: Any, report: Any = None) -> dict[str, Any]:
 def watermark(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what a run would do; store and change nothing."),
     plan_only: bool = typer.Option(False, "--plan-only", help="Store the plans for approval (ilm apply PLAN); move nothing."),
-    tier: Optional[str] = typer.Option(None, "--tier", help="Only this tier (default: every tier with a high_watermark)."),
-    policy: Optional[Path] = typer.Option(None, "--policy",
+    tier: str | None = typer.Option(None, "--tier", help="Only this tier (default: every tier with a high_watermark)."),
+    policy: Path | None = typer.Option(None, "--policy",
                                           help="Policy whose keep rules pin studies (default: lifecycle.schedule_policy)."),
-    home: Optional[Path] = HomeOption,
-    by: Optional[str] = ByOption,
+    home: Path | None = HomeOption,
+    by: str | None = ByOption,
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Capacity watermarks: every tier past its high watermark moves its least recently

@@ -35,7 +35,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ilm.catalog import Catalog
@@ -65,14 +65,20 @@ from ilm.uids import instance_key
 if TYPE_CHECKING:
     from ilm.lifecycle.move import MoveResult
 
-__all__ = ["involves_packs", "move_study_packed", "drop_study_copies", "recover_pack_moves", "packs_studies",
-           "DropResult"]
+__all__ = [
+    "DropResult",
+    "drop_study_copies",
+    "involves_packs",
+    "move_study_packed",
+    "packs_studies",
+    "recover_pack_moves",
+]
 
 BATCH = 128
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def packs_studies(tier: Tier) -> bool:
@@ -207,7 +213,7 @@ def move_study_packed(
     workers: int = 4,
     limiter: RateLimiter | None = None,
     progress: Callable[[int], None] | None = None,
-) -> "MoveResult":
+) -> MoveResult:
     """``move_study`` for a study whose destination packs or whose copies are packed."""
     from ilm.lifecycle.move import MoveResult
 
@@ -247,7 +253,7 @@ def move_study_packed(
 
 
 def _pack(catalog: Catalog, tiers: Callable[[str], Tier], study_uid: str, dst: Tier, items: list[PackCopy],
-          plan_id: str | None, workers: int, limiter: RateLimiter, result: "MoveResult", problems: list[str]) -> None:
+          plan_id: str | None, workers: int, limiter: RateLimiter, result: MoveResult, problems: list[str]) -> None:
     key = pack_key(study_uid)
     with catalog.write() as conn:
         ids = start_pack_moves(conn, [(c, key) for c in items], dst.name, plan_id, _now())
@@ -298,7 +304,7 @@ def _pack(catalog: Catalog, tiers: Callable[[str], Tier], study_uid: str, dst: T
 
 
 def _unpack(catalog: Catalog, tiers: Callable[[str], Tier], study_uid: str, dst: Tier, items: list[PackCopy],
-            plan_id: str | None, workers: int, limiter: RateLimiter, result: "MoveResult", problems: list[str]) -> None:
+            plan_id: str | None, workers: int, limiter: RateLimiter, result: MoveResult, problems: list[str]) -> None:
     keys = {c.instance_pk: instance_key(study_uid, c.series_uid, c.sop_uid) for c in items}
     with catalog.write() as conn:
         ids = start_pack_moves(conn, [(c, keys[c.instance_pk]) for c in items], dst.name, plan_id, _now())

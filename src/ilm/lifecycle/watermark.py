@@ -22,16 +22,28 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
-
-from sqlalchemy.engine import Connection
 
 from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.plans import ActionRow, PlanRow, get_plan, insert_plan, plan_action_rows, set_action_state, set_plan_state, tier_bytes
-from ilm.catalog.watermarks import copies_only_here, study_on_tier, study_state, tier_studies_lru
+from ilm.catalog.plans import (
+    ActionRow,
+    PlanRow,
+    get_plan,
+    insert_plan,
+    plan_action_rows,
+    set_action_state,
+    set_plan_state,
+    tier_bytes,
+)
+from ilm.catalog.watermarks import (
+    copies_only_here,
+    study_on_tier,
+    study_state,
+    tier_studies_lru,
+)
 from ilm.config import FilesystemTierSettings, Settings
 from ilm.cost import monthly_storage_cost
 from ilm.errors import ConfigError, IlmError, NotFound
@@ -41,13 +53,29 @@ from ilm.lifecycle.move import move_study, recover_moves
 from ilm.lifecycle.pack_move import drop_study_copies
 from ilm.lifecycle.plan import PolicySource, tier_prices
 from ilm.lifecycle.watermark_plan import (
-    Candidate, Kind, Limits, Selection, Usage, WatermarkError, limits, reserve_bytes, select,
+    Candidate,
+    Kind,
+    Limits,
+    Selection,
+    Usage,
+    WatermarkError,
+    limits,
+    reserve_bytes,
+    select,
 )
 from ilm.policy import Action, evaluate
 from ilm.storage import Tier
 
-__all__ = ["TierWatermark", "WatermarkPlan", "watermark_status", "plan_watermarks", "apply_watermark_plan",
-           "is_watermark_plan", "rule_id", "PREFIX"]
+__all__ = [
+    "PREFIX",
+    "TierWatermark",
+    "WatermarkPlan",
+    "apply_watermark_plan",
+    "is_watermark_plan",
+    "plan_watermarks",
+    "rule_id",
+    "watermark_status",
+]
 
 PREFIX = "watermark:"
 
@@ -61,7 +89,7 @@ def is_watermark_plan(plan: PlanRow) -> bool:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -139,8 +167,10 @@ def _fingerprint(instance_count: int, size: int, last_accessed: datetime | None)
     return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
-def _pin(conn: Connection, policy: PolicySource | None, uid: str, as_of: Any) -> str:
-    """Why the policy keeps the study where it is ('' when it does not)."""
+def _pin(conn: Any, policy: PolicySource | None, uid: str, as_of: Any) -> str:
+    """Why the policy keeps the study where it is ('' when it does not).
+
+    ``conn`` is a catalog connection (typed Any: only ilm.catalog imports SQLAlchemy)."""
     if policy is None:
         return ""
     inputs = load_policy_inputs(conn, [uid])
@@ -155,7 +185,7 @@ def _pin(conn: Connection, policy: PolicySource | None, uid: str, as_of: Any) ->
     return ""
 
 
-def _candidates(conn: Connection, name: str, next_tier: str | None, policy: PolicySource | None,
+def _candidates(conn: Any, name: str, next_tier: str | None, policy: PolicySource | None,
                 as_of: Any) -> Iterator[Candidate]:
     for ts in tier_studies_lru(conn, name):
         if ts.tiers == (name,):

@@ -42,8 +42,19 @@ from ilm.lifecycle.limits import MaintenanceWindow
 from ilm.policy.sizes import SizeError, parse_size
 
 __all__ = [
-    "Threshold", "parse_threshold", "Usage", "Limits", "limits", "reserve_bytes", "NIGHT", "WatermarkError",
-    "Candidate", "Kind", "Selection", "select", "DAY_HOURS_RESERVED",
+    "DAY_HOURS_RESERVED",
+    "NIGHT",
+    "Candidate",
+    "Kind",
+    "Limits",
+    "Selection",
+    "Threshold",
+    "Usage",
+    "WatermarkError",
+    "limits",
+    "parse_threshold",
+    "reserve_bytes",
+    "select",
 ]
 
 NIGHT = MaintenanceWindow(dtime(22, 0), dtime(6, 0))  # the night, when no maintenance window is configured

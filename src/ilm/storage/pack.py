@@ -35,8 +35,17 @@ from dataclasses import dataclass
 from ilm.errors import IntegrityError, StorageError
 from ilm.uids import validate_uid
 
-__all__ = ["PackMember", "PackEntry", "Pack", "build_pack", "read_index", "member", "pack_key", "is_pack_key",
-           "FORMAT"]
+__all__ = [
+    "FORMAT",
+    "Pack",
+    "PackEntry",
+    "PackMember",
+    "build_pack",
+    "is_pack_key",
+    "member",
+    "pack_key",
+    "read_index",
+]
 
 FORMAT = "ilm-pack/1"
 INDEX = "index.json"
