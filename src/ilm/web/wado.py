@@ -35,9 +35,11 @@ truncated message, never a short one that looks complete.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from io import BytesIO
 from typing import Any
@@ -62,6 +64,7 @@ DICOM_JSON = "application/dicom+json"
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 BULK_THRESHOLD = 1024
 READ_AHEAD = 4
+MAX_AHEAD_BYTES = 64 * 1024 * 1024
 
 
 class NotAcceptable(Exception):
@@ -170,18 +173,16 @@ def _resolve(service: ArchiveService, study: str, series: str | None, sop: str |
         raise _Unavailable(_error(503, f"catalog unavailable: {exc}")) from None
     if not refs:
         raise _Unavailable(_error(404, f"no {_what(study, series, sop)} in the archive"))
-    if not readable:
-        return refs
+    archive = {n for n, t in service.settings.tiers.items() if t.archive}
+    if not readable or not any(r.tier in archive for r in refs):
+        return refs  # prepare_read is about archive tiers: a study on none is readable as it is
     try:
         service.prepare_read(study, wait_seconds=0.0)
     except NotReady as exc:
         raise _Unavailable(_not_ready(service, refs, exc)) from None
     except (StorageError, IlmError) as exc:
         raise _Unavailable(_error(503, f"study {study} cannot be read now: {exc}")) from None
-    archive = {n for n, t in service.settings.tiers.items() if t.archive}
-    if any(r.tier in archive for r in refs):
-        refs = service.instances_to_read(study, series, sop)  # restored: read the restored copies
-    return refs
+    return service.instances_to_read(study, series, sop)  # restored: read the restored copies
 
 
 def _read(service: ArchiveService, refs: list[Any], ref: Any) -> bytes:
@@ -211,25 +212,41 @@ def _part_head(boundary: str, ref: Any, size: int) -> bytes:
             f"Content-Length: {size}\r\n\r\n").encode("ascii")
 
 
+async def _read_ahead(service: ArchiveService, refs: list[Any]) -> AsyncIterator[tuple[Any, bytes]]:
+    """``(ref, bytes)`` in order, with up to READ_AHEAD reads (and MAX_AHEAD_BYTES) in flight
+    on the event loop's executor: the loop awaits each read, it never blocks on one."""
+    loop = asyncio.get_running_loop()
+    pending: deque[tuple[Any, asyncio.Future[bytes]]] = deque()
+    in_flight = nxt = 0
+    try:
+        while nxt < len(refs) or pending:
+            while nxt < len(refs) and len(pending) < READ_AHEAD and (
+                    not pending or in_flight + int(refs[nxt].size) <= MAX_AHEAD_BYTES):
+                pending.append((refs[nxt], loop.run_in_executor(None, service.read, refs[nxt])))
+                in_flight += int(refs[nxt].size)
+                nxt += 1
+            ref, fut = pending.popleft()
+            blob = await fut
+            in_flight -= int(ref.size)
+            yield ref, blob
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+
+
 async def _multipart(service: ArchiveService, refs: list[Any], first: bytes, boundary: str) -> AsyncIterator[bytes]:
+    # Head and body are separate chunks: joining them would copy every instance once more.
     yield _part_head(boundary, refs[0], len(first))
     yield first
-    rest = read_ahead(service.read, refs[1:], window=READ_AHEAD, size=lambda r: int(r.size))
     done = 1
     try:
-        while True:
-            item = await run_in_threadpool(next, rest, None)
-            if item is None:
-                break
-            ref, blob = item
+        async for ref, blob in _read_ahead(service, refs[1:]):
             yield b"\r\n" + _part_head(boundary, ref, len(blob))
             yield blob
             done += 1
     except Exception as exc:
         log.warning("WADO-RS of study %s stopped after %d of %d instances: %s", refs[0].study_uid, done, len(refs), exc)
         raise
-    finally:
-        rest.close()
     yield f"\r\n--{boundary}--\r\n".encode("ascii")
 
 
