@@ -40,14 +40,21 @@ import time
 import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
 from typing import Any
 
 from bench.report import fmt, table
 from ilm.config import DEFAULT_CONFIG
 from ilm.policy import StudyFacts
-from ilm.policy.tiering import PrefetchRule, TierRole, cooling_decision, promotion_check, relevant_priors
-from ilm.synth.plan import SynthConfig, StudySpec, generate
+from ilm.policy.tiering import (
+    PrefetchRule,
+    TierRole,
+    cooling_decision,
+    promotion_check,
+    relevant_priors,
+)
+from ilm.synth.plan import StudySpec, SynthConfig, generate
 
 NAME = "prefetch"
 TITLE = "Prefetch of priors: a simulated year of arrivals and reads"
@@ -133,8 +140,8 @@ def simulate(specs: list[StudySpec], strategy: str, start: datetime, end: dateti
         a, b = max(clock, start), min(to, end)
         if b > a:
             dt = (b - a).total_seconds()
-            for t in held:
-                r.byte_seconds[t] += held[t] * dt
+            for t, b_held in held.items():
+                r.byte_seconds[t] += b_held * dt
         clock = max(clock, to)
 
     def schedule(i: int) -> None:
@@ -163,7 +170,7 @@ def simulate(specs: list[StudySpec], strategy: str, start: datetime, end: dateti
             d, i, v = heapq.heappop(due)
             if v != version[i] or tier[i] != "hot":
                 continue
-            midnight = datetime.combine(d, dtime(0), tzinfo=timezone.utc)
+            midnight = datetime.combine(d, dtime(0), tzinfo=UTC)
             advance(midnight)
             f = StudyFacts(facts[i].study_uid, tiers=("hot",), received_at=arrived[i], last_accessed_at=last_read[i])
             decision = cooling_decision(f, roles, d, on_tier[i])
@@ -273,7 +280,7 @@ def _pct(x: float | None) -> str:
 def render(res: dict[str, Any]) -> str:
     s = res["strategies"]
     pf = res["prefetch"]
-    out = [
+    out = [(
         f"{res['studies']:,} synthetic studies of {res['patients']:,} patients over {res['years']} years "
         f"(scale 1: real-world sizes; {res['archive_tb_at_end']:.1f} TB at the end), replayed from the first "
         f"arrival; measured over the last 365 days before {res['reference']} ({res['arrivals']:,} arrivals). "
@@ -281,8 +288,8 @@ def render(res: dict[str, Any]) -> str:
         f"modality or body part ({pf['match']}) within {pf['max_age_years']} years. Storage cost: the year's "
         f"average GB on each tier at the default configuration's prices (hot {res['prices']['hot'][0]}, warm "
         f"{res['prices']['warm'][0]} $/GB-month), and with S3 Standard-IA as the lower tier "
-        f"({res['s3_ia'][0]} $/GB-month + {res['s3_ia'][1]} $/GB read from it, reads and promotions).",
-    ]
+        f"({res['s3_ia'][0]} $/GB-month + {res['s3_ia'][1]} $/GB read from it, reads and promotions)."
+    )]
     rows = []
     for k in ("all-hot", *STRATEGIES):
         r = s.get(k)

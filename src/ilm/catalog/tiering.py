@@ -20,7 +20,7 @@ from ilm.catalog.schema import instances, locations, studies
 from ilm.models import CopyState
 from ilm.policy.facts import Hold, HoldScope, StudyFacts, split_multi
 
-__all__ = ["cooling_candidates", "tier_arrivals", "StudyPlace", "study_place", "PatientStudies", "patient_studies"]
+__all__ = ["PatientStudies", "StudyPlace", "cooling_candidates", "patient_studies", "study_place", "tier_arrivals"]
 
 _CHUNK = 500
 _PAGE = 10_000

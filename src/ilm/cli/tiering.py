@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
-from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json, settings_from
+from ilm.cli.app import (
+    HomeOption,
+    app,
+    console,
+    err_console,
+    fail,
+    open_service,
+    print_json,
+    settings_from,
+)
 from ilm.cli.archive import human_bytes
 from ilm.cli.lifecycle import ByOption, _who
 from ilm.cli.policy import _as_of, _print_summary
@@ -23,9 +38,9 @@ app.add_typer(tiering_app, name="tiering")
 @tiering_app.command("run")
 def tiering_run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only preview the cooling moves; store and move nothing."),
-    as_of: Optional[str] = typer.Option(None, "--as-of", help="Count idle days as of this day (YYYY-MM-DD); default today."),
-    home: Optional[Path] = HomeOption,
-    by: Optional[str] = ByOption,
+    as_of: str | None = typer.Option(None, "--as-of", help="Count idle days as of this day (YYYY-MM-DD); default today."),
+    home: Path | None = HomeOption,
+    by: str | None = ByOption,
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Move the studies nobody read for their tier's cooling_days down one tier.
@@ -80,7 +95,7 @@ def tiering_run(
 
 
 @tiering_app.command("show")
-def tiering_show(home: Optional[Path] = HomeOption, json_out: bool = typer.Option(False, "--json")) -> None:
+def tiering_show(home: Path | None = HomeOption, json_out: bool = typer.Option(False, "--json")) -> None:
     """Each tier's cooling days, retrieval policy and prefetch settings."""
     settings = settings_from(home)
     rows: list[dict[str, Any]] = []

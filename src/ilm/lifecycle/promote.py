@@ -40,7 +40,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from ilm.catalog import Catalog
@@ -52,7 +52,7 @@ from ilm.lifecycle.tiering import tier_roles
 from ilm.policy.tiering import Promotion, promotion_check, relevant_priors
 from ilm.storage import Tier
 
-__all__ = ["Promoter", "PromotionStats", "NEVER_PROMOTE", "NEW_STUDY_DAYS", "ACTOR"]
+__all__ = ["ACTOR", "NEVER_PROMOTE", "NEW_STUDY_DAYS", "Promoter", "PromotionStats"]
 
 log = logging.getLogger("ilm.promote")
 
@@ -63,11 +63,11 @@ _ARRIVAL_WINDOW = timedelta(hours=1)    # a study received longer ago than this 
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 @dataclass
@@ -198,7 +198,7 @@ class Promoter:
                 self._handle_read(job)
             else:
                 self._handle_arrival(job)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed promotion must not stop the worker
             self.stats.failed += 1
             log.error("promotion of %s (%s) failed: %s", job.study_uid, job.kind, exc)
         return True

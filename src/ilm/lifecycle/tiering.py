@@ -20,7 +20,7 @@ rules, so that the plan holds cooling moves only (and ``ilm apply``,
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from importlib.resources import files as package_files
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,15 @@ from ilm.catalog.tiering import cooling_candidates, tier_arrivals
 from ilm.config import Settings
 from ilm.policy import Action, Decision, StudyFacts
 from ilm.policy.tiering import (
-    COOLING_PREFIX, PrefetchRule, TierRole, cooling_decision, cooling_recheck, is_cooling_rule,
+    COOLING_PREFIX,
+    PrefetchRule,
+    TierRole,
+    cooling_decision,
+    cooling_recheck,
+    is_cooling_rule,
 )
 
-__all__ = ["tier_roles", "cooling_enabled", "with_cooling", "recheck", "TIERING_POLICY", "is_cooling_rule"]
+__all__ = ["TIERING_POLICY", "cooling_enabled", "is_cooling_rule", "recheck", "tier_roles", "with_cooling"]
 
 # A policy without rules: a plan made with it holds the cooling moves alone.
 TIERING_POLICY = Path(str(package_files("ilm").joinpath("data/tiering-policy.yaml")))
@@ -55,7 +60,7 @@ def cooling_enabled(settings: Settings) -> bool:
 
 def _cutoff(as_of: date, days: int) -> datetime:
     """Studies idle since before this moment are idle ``days`` whole days on ``as_of`` (UTC)."""
-    return datetime.combine(as_of - timedelta(days=days - 1), time(0, 0), tzinfo=timezone.utc)
+    return datetime.combine(as_of - timedelta(days=days - 1), time(0, 0), tzinfo=UTC)
 
 
 def with_cooling(

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Literal
 
 from ilm.policy.evaluate import Decision
@@ -37,9 +37,21 @@ from ilm.policy.facts import StudyFacts
 from ilm.policy.rules import Action
 
 __all__ = [
-    "COOLING_PREFIX", "NON_IMAGE_MODALITIES", "PrefetchRule", "TierRole", "Promotion",
-    "cooling_rule_id", "is_cooling_rule", "next_tier", "idle_since", "idle_days", "cooling_decision",
-    "cooling_recheck", "promotion_check", "relevant_priors", "years_before",
+    "COOLING_PREFIX",
+    "NON_IMAGE_MODALITIES",
+    "PrefetchRule",
+    "Promotion",
+    "TierRole",
+    "cooling_decision",
+    "cooling_recheck",
+    "cooling_rule_id",
+    "idle_days",
+    "idle_since",
+    "is_cooling_rule",
+    "next_tier",
+    "promotion_check",
+    "relevant_priors",
+    "years_before",
 ]
 
 COOLING_PREFIX = "cooling:"
@@ -95,7 +107,7 @@ def next_tier(roles: Sequence[TierRole], name: str) -> str | None:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def idle_since(study: StudyFacts, on_tier_since: datetime | None = None) -> datetime | None:
