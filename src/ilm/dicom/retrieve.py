@@ -333,7 +333,7 @@ class ResponseAmendments:
 
     def refuse(self, event: "Event", refusal: Refusal) -> None:
         with self._lock:
-            self._pending[(id(event.assoc), int(event.request.MessageID))] = refusal
+            self._pending[(id(event.assoc), int(event.request.MessageID or 0))] = refusal
 
     def on_sent(self, event: "Event") -> None:
         """EVT_DIMSE_SENT: amend the C-MOVE-RSP a refusal was recorded for."""
