@@ -122,7 +122,7 @@ def _multi_tier_bytes(conn: Connection, where: Any) -> dict[str, dict[str, int]]
 # A study held on one tier has all its bytes there (studies.tiers and
 # size_bytes say so without reading locations); only studies on several tiers,
 # in the middle of a move, need their locations summed.
-_MULTI = studies.c.tiers.like("%\\%")
+_MULTI = studies.c.tiers.contains("\\", autoescape=True)  # not LIKE '%\%': PostgreSQL reads \ as LIKE's escape
 
 
 def tier_bytes(conn: Connection) -> dict[str, int]:
