@@ -345,6 +345,25 @@ def test_read_promotes_on_read_tier(catalog_url: str, tmp_path: Path, src: Path)
         svc.close()
 
 
+def test_a_read_under_way_survives_its_promotion(catalog_url: str, tmp_path: Path, src: Path) -> None:
+    """C-GET and WADO-RS note the access when sending starts: the promotion may move the
+    study while its instances are still being read from the lower tier."""
+    svc = _open(tmp_path, catalog_url, warm='retrieval_policy = "on_read"')
+    try:
+        uid = _ingest(svc, src, tmp_path, 1, n=3)
+        assert move_study(svc.catalog, svc.tier, uid, "warm").ok
+        svc.promotions.start(background=False)
+        refs = svc.instances_to_read(uid)            # resolved on warm
+        first = svc.read(refs[0])
+        svc.note_access(uid, "wado-rs", "viewer")
+        svc.promotions.drain()                       # moved to hot, the warm objects deleted
+        _all_verified(svc, uid, "hot")
+        rest = [svc.read(r) for r in refs[1:]]       # the stale refs still read, from hot
+        assert [hashlib.sha256(b).hexdigest() for b in [first, *rest]] == [r.sha256 for r in refs]
+    finally:
+        svc.close()
+
+
 def test_read_promotion_in_the_background(catalog_url: str, tmp_path: Path, src: Path) -> None:
     svc = _open(tmp_path, catalog_url, warm='retrieval_policy = "on_read"')
     try:

@@ -27,7 +27,9 @@ from ilm.catalog.queries import archive_summary, find_instance, instance_locatio
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
-from ilm.errors import IlmError, IntegrityError, NotFound, NotReady, RejectedInstance, StorageError, TierFull
+from ilm.errors import (
+    IlmError, IntegrityError, NotFound, NotReady, ObjectNotFound, RejectedInstance, StorageError, TierFull,
+)
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
@@ -334,14 +336,22 @@ class ArchiveService:
             restore_flow.check_readable(self.catalog, self.settings, self.tier, ref.study_uid, self.clock())
             raise NotReady(f"study {ref.study_uid} is on archive tier {ref.tier!r}: it must be restored first "
                            f"(ilm recall {ref.study_uid})")
-        if ref.pack_offset is not None and ref.pack_length is not None:
-            # One instance of a packed study: a ranged read of its bytes only,
-            # checked against the instance's own SHA-256 (the tier's checksum covers the whole pack).
-            data = self.tier(ref.tier).get_range(ref.key, ref.pack_offset, ref.pack_length)
-            if hashlib.sha256(data).hexdigest() != ref.sha256:
-                raise IntegrityError(f"tier {ref.tier!r}: instance {ref.sop_uid} in {ref.key} does not match its SHA-256")
-            return data
-        return self.tier(ref.tier).get(ref.key)
+        try:
+            if ref.pack_offset is not None and ref.pack_length is not None:
+                # One instance of a packed study: a ranged read of its bytes only,
+                # checked against the instance's own SHA-256 (the tier's checksum covers the whole pack).
+                data = self.tier(ref.tier).get_range(ref.key, ref.pack_offset, ref.pack_length)
+                if hashlib.sha256(data).hexdigest() != ref.sha256:
+                    raise IntegrityError(f"tier {ref.tier!r}: instance {ref.sop_uid} in {ref.key} does not match its SHA-256")
+                return data
+            return self.tier(ref.tier).get(ref.key)
+        except ObjectNotFound:
+            # Moved since ``ref`` was resolved (a promotion this very read queued, a policy
+            # move): the move committed the new copy before deleting this one, so read that.
+            fresh = self.instances_to_read(ref.study_uid, sop_uid=ref.sop_uid)
+            if not fresh or (fresh[0].tier, fresh[0].key, fresh[0].pack_offset) == (ref.tier, ref.key, ref.pack_offset):
+                raise
+            return self.read(fresh[0])
 
     def prepare_read(self, study_uid: str, *, wait_seconds: float = 0.0) -> None:
         """Make sure every instance of a study can be read now, or raise NotReady
