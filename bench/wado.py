@@ -5,12 +5,16 @@ into one study once and cached; ``--quick``: 100) is stored in ilm and read
 back with one ``GET /dicomweb/studies/{study}`` (multipart/related, as
 stored) from ``ilm serve``:
 
-- from the hot tier, from a second filesystem tier, and from S3 (SeaweedFS
-  on loopback), the study moved between them with ilm's own move; each
+- from the hot tier, from a second filesystem tier, from S3 (SeaweedFS
+  on loopback), and from packed S3 (``pack_studies = true``: the whole study
+  is one ZIP object, each instance read with a ranged GET), the study moved
+  between them with ilm's own move; each
   against a raw read of the very same objects from the same store in the
   same round: the files read one after the other (filesystem), boto3
   ``get_object`` one after the other and with 4 in flight, as ilm reads
-  ahead (S3). MB/s and time to first byte (TTFB: request sent -> first body
+  ahead (S3); for packed S3 the same instance byte ranges of the pack with
+  ranged ``get_object`` calls (one after the other, and 4 in flight), and
+  the whole pack in one GET. MB/s and time to first byte (TTFB: request sent -> first body
   byte; raw: open/GET -> first byte of the first object). ilm's TTFB
   includes its catalog lookup of the study's instances;
 - from the hot tier against Orthanc's REST file retrieval (``GET
@@ -41,8 +45,9 @@ from bench.report import fmt, median, ratio_cell, spread, table, target_cell
 NAME = "wado"
 TITLE = "WADO-RS retrieval by tier, and against Orthanc REST file retrieval"
 STUDY_SIZE, QUICK_STUDY_SIZE = 500, 100
-TIERS = ("hot", "warm", "cloud")
-TIER_LABELS = {"hot": "hot tier (filesystem)", "warm": "second filesystem tier", "cloud": "S3 (SeaweedFS)"}
+TIERS = ("hot", "warm", "cloud", "packed")
+TIER_LABELS = {"hot": "hot tier (filesystem)", "warm": "second filesystem tier", "cloud": "S3 (SeaweedFS)",
+               "packed": "packed S3 (one object per study)"}
 TARGET_ORTHANC = 1.0
 _CHUNK = 1 << 20
 
@@ -178,6 +183,26 @@ def raw_s3(client: Any, bucket: str, keys: list[str], threads: int) -> dict[str,
     return {"ok": True, "seconds": time.perf_counter() - t0, "ttfb_s": ttfb, "bytes": total}
 
 
+def raw_s3_ranges(client: Any, bucket: str, ranges: list[tuple[str, int, int]], threads: int) -> dict[str, Any]:
+    """Ranged GETs of (key, offset, length): the instances of a packed study, as ilm reads them."""
+    def get(r: tuple[str, int, int]) -> int:
+        key, off, length = r
+        return len(client.get_object(Bucket=bucket, Key=key, Range=f"bytes={off}-{off + length - 1}")["Body"].read())
+
+    t0 = time.perf_counter()
+    key, off, length = ranges[0]
+    first = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={off}-{off + length - 1}")["Body"]
+    head = first.read(1)
+    ttfb = time.perf_counter() - t0
+    total = len(head) + len(first.read())
+    if threads <= 1:
+        total += sum(get(r) for r in ranges[1:])
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            total += sum(pool.map(get, ranges[1:]))
+    return {"ok": True, "seconds": time.perf_counter() - t0, "ttfb_s": ttfb, "bytes": total}
+
+
 # -- servers ------------------------------------------------------------------------
 
 
@@ -192,6 +217,15 @@ endpoint_url = "{sw.endpoint_url}"
 access_key_id = "{sw.access_key}"
 secret_access_key = "{sw.secret_key}"
 create_bucket = true
+
+[tiers.packed]
+kind = "s3"
+bucket = "{sw.new_bucket_name('wadopack')}"
+endpoint_url = "{sw.endpoint_url}"
+access_key_id = "{sw.access_key}"
+secret_access_key = "{sw.secret_key}"
+create_bucket = true
+pack_studies = true
 """)
     return home
 
@@ -285,6 +319,17 @@ def run(ctx: Any) -> dict[str, Any]:
                                 keys = [x.key for x in refs]
                                 res["raw/cloud"] = _rate(_median_of(lambda: raw_s3(client, bucket, keys, 1)), n)
                                 res["raw4/cloud"] = _rate(_median_of(lambda: raw_s3(client, bucket, keys, 4)), n)
+                            elif tier == "packed":
+                                client = sw.client()
+                                bucket = settings.tiers["packed"].bucket  # type: ignore[union-attr]
+                                spans = [(x.key, x.pack_offset, x.pack_length) for x in refs]
+                                if any(o is None for _k, o, _n in spans) or len({k for k, _o, _n in spans}) != 1:
+                                    raise h.BenchError("the study is not one pack on the packed tier")
+                                rs = [(k, int(o), int(ln)) for k, o, ln in spans]  # type: ignore[arg-type]
+                                res["raw/packed"] = _rate(_median_of(lambda: raw_s3_ranges(client, bucket, rs, 1)), n)
+                                res["raw4/packed"] = _rate(_median_of(lambda: raw_s3_ranges(client, bucket, rs, 4)), n)
+                                res["rawpack/packed"] = _rate(_median_of(
+                                    lambda: raw_s3(client, bucket, [rs[0][0]], 1)), n)
                             else:
                                 root = settings.resolve(settings.tiers[tier].path)  # type: ignore[union-attr]
                                 paths = [root / x.key for x in refs]
@@ -355,12 +400,16 @@ def render(res: dict[str, Any]) -> str:
            "every part and byte counted."]
     rows = []
     for tier in TIERS:
-        raws = ["raw/" + tier] + (["raw4/cloud"] if tier == "cloud" else [])
+        raws = ["raw/" + tier] + (["raw4/cloud"] if tier == "cloud" else []) + \
+            (["raw4/packed", "rawpack/packed"] if tier == "packed" else [])
         for k in [f"ilm/{tier}", *raws]:
             label = {"ilm": f"ilm WADO-RS, {TIER_LABELS[tier]}",
-                     "raw": "raw read of the same objects, sequential" if tier != "cloud"
-                     else "raw boto3 get_object, sequential",
-                     "raw4": "raw boto3 get_object, 4 in flight"}[k.split("/")[0]]
+                     "raw": "raw read of the same objects, sequential" if tier not in ("cloud", "packed")
+                     else "raw boto3 get_object, sequential" if tier == "cloud"
+                     else "raw boto3 ranged get_object of each instance, sequential",
+                     "raw4": "raw boto3 get_object, 4 in flight" if tier == "cloud"
+                     else "raw boto3 ranged get_object of each instance, 4 in flight",
+                     "rawpack": "raw boto3 get_object of the whole pack (one request)"}[k.split("/")[0]]
             rates = [rd.get(k, {}).get("mb_per_s") for rd in res["rounds"]]
             rows.append((label, _col(res, k, "mb_per_s"), spread(rates), _col(res, k, "instances_per_s", digits=0),
                          _col(res, k, "ttfb_s", 1000, 2)))
@@ -373,6 +422,16 @@ def render(res: dict[str, Any]) -> str:
         if tier == "cloud":
             ratio_rows.append(("S3: ilm / raw with 4 in flight", ratio_cell(_ratios(res, "ilm/cloud", "raw4/cloud")),
                                ratio_cell(_ratios(res, "ilm/cloud", "raw4/cloud", "ttfb_s"))))
+        if tier == "packed":
+            ratio_rows.append(("packed S3: ilm / raw ranged, 4 in flight",
+                               ratio_cell(_ratios(res, "ilm/packed", "raw4/packed")),
+                               ratio_cell(_ratios(res, "ilm/packed", "raw4/packed", "ttfb_s"))))
+            ratio_rows.append(("packed S3: ilm / raw GET of the whole pack",
+                               ratio_cell(_ratios(res, "ilm/packed", "rawpack/packed")),
+                               ratio_cell(_ratios(res, "ilm/packed", "rawpack/packed", "ttfb_s"))))
+            ratio_rows.append(("packed S3 / unpacked S3, ilm (same round)",
+                               ratio_cell(_ratios(res, "ilm/packed", "ilm/cloud")),
+                               ratio_cell(_ratios(res, "ilm/packed", "ilm/cloud", "ttfb_s"))))
     out.append("Same-round ratios (MB/s: higher is better; TTFB: ilm's time to first byte over the raw one, "
                "lower is better):\n\n" + table(["ratio", "MB/s", "TTFB"], ratio_rows))
     rs = _ratios(res, "ilm/hot-vs-orthanc", "orthanc", "instances_per_s")
