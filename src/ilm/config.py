@@ -240,6 +240,7 @@ max_mb_per_s = 0              # 0 = no limit on the bytes moved per second
 maintenance_window = ""       # e.g. "22:00-06:00": apply moves data only inside it (local time)
 schedule_policy = ""          # ilm serve plans this policy file every interval (see docs/policies.md)
 schedule_interval_minutes = 1440
+promotions_per_minute = 30      # promotions (on read, prefetch) starting per minute; 0 = no cap
 
 # Tiers, hottest first: their order here is their order in the lifecycle.
 # Costs are per GB-month of storage and per GB retrieved; they drive the cost
@@ -253,6 +254,7 @@ retrieval_cost_per_gb = 0.0
 retrieval_latency_seconds = 0
 min_storage_days = 0
 fsync = true                      # flush each object to disk before acknowledging it
+# cooling_days = 31               # studies not read for 31 days move to the next tier (docs/tiers.md)
 
 [tiers.warm]
 kind = "filesystem"
@@ -261,6 +263,8 @@ cost_per_gb_month = 0.03          # capacity disk
 retrieval_cost_per_gb = 0.0
 retrieval_latency_seconds = 0
 min_storage_days = 0
+# retrieval_policy = "on_read"    # a read brings a study back to hot; "prefetch_priors" also
+#                                 # promotes a patient's priors when a new study arrives; "never"
 
 # An S3 tier (AWS, MinIO, SeaweedFS, ...). Credentials from the keys below or
 # the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables.
