@@ -24,6 +24,7 @@ from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes, tier_bytes
 from ilm.config import Settings
 from ilm.cost import TierPrice, monthly_storage_cost
 from ilm.errors import IlmError
+from ilm.lifecycle.tiering import with_cooling
 from ilm.policy import Action, Decision, Policy, StudyFacts, evaluate_all, parse_policy
 
 __all__ = ["PolicySource", "read_policy", "fingerprint", "make_plan", "PlanResult", "tier_prices"]
@@ -88,11 +89,14 @@ def make_plan(
     with catalog.read() as conn:
         inputs = load_policy_inputs(conn)
         before = tier_bytes(conn)
+        # Access-based tiering: cooling-days moves for the studies no rule decided (ilm.lifecycle.tiering).
+        stream = list(with_cooling(zip(evaluate_all(source.policy, inputs.studies, inputs.patients, as_of),
+                                       inputs.studies), conn, settings, as_of))
     decisions: list[Decision] = []
     catalog_hash = hashlib.sha256()
     actions: list[dict[str, Any]] = []
     by_uid: dict[str, StudyFacts] = {}
-    for study, d in zip(inputs.studies, evaluate_all(source.policy, inputs.studies, inputs.patients, as_of)):
+    for d, study in stream:
         fp = fingerprint(study)
         catalog_hash.update(f"{study.study_uid}:{fp}\n".encode())
         decisions.append(d)
