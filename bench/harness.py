@@ -134,6 +134,7 @@ class Timed:
     maxrss_kb: int  # the largest single process of the command (itself or a child it waited for)
     output: str
     tree_rss_kb: int = 0  # the largest sum over all its processes at once (sampled), 0 unless asked for
+    cpu_s: float = 0.0  # user + system CPU time of the command and the children it waited for
 
     @property
     def ok(self) -> bool:
@@ -182,6 +183,7 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
                                 env=env, cwd=cwd, start_new_session=True)
         rc: int | None = None
         rss = 0
+        cpu = 0.0
         tree = 0
         next_sample = t0
         deadline = t0 + timeout
@@ -194,6 +196,7 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
                 seconds = time.perf_counter() - t0
                 rc = os.waitstatus_to_exitcode(status)
                 rss = int(usage.ru_maxrss)
+                cpu = usage.ru_utime + usage.ru_stime
                 break
             if time.perf_counter() > deadline:
                 seconds = time.perf_counter() - t0
@@ -211,7 +214,7 @@ def run_timed(cmd: Sequence[str], *, timeout: float, env: dict[str, str] | None 
             rss = int(lines[-1]) if lines and lines[-1].strip().isdigit() else 0
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return Timed(rc, seconds, rss, text, tree)
+    return Timed(rc, seconds, rss, text, tree, cpu)
 
 
 def disk_flush_cost(size: int, n: int = 150) -> dict[str, float]:
@@ -243,6 +246,19 @@ def disk_flush_cost(size: int, n: int = 150) -> dict[str, float]:
                         os.close(dfd)
                 spent[mode] += time.perf_counter() - t0
     return {f"{m}_ms": round(spent[m] / n * 1000, 2) for m in modes}
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
 def count_files(folder: Path) -> int:
