@@ -154,6 +154,7 @@ def test_concurrent_ingest_keeps_catalog_consistent(service: ArchiveService, tmp
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda b: service.ingest_bytes(b, "assoc"), work))
     statuses = [r.status for r in results]
+    assert [r.reason for r in results if r.status is IngestStatus.REJECTED] == []
     assert statuses.count(IngestStatus.STORED) == 24
     assert statuses.count(IngestStatus.DUPLICATE) == 48
     d = service.study(base.StudyInstanceUID)

@@ -40,6 +40,8 @@ def _patient_pk(conn: Connection, f: InstanceFacts, cache: dict[tuple[str, str],
         return cache[ident]
     key = (patients.c.patient_id == f.patient_id) & (patients.c.issuer == f.issuer_of_patient_id)
     pk = conn.execute(select(patients.c.id).where(key)).scalar()
+    if pk is not None and cache is not None:
+        cache[ident] = int(pk)  # a row another transaction committed: safe to share
     if pk is None:
         insert_ignore(
             conn,
@@ -54,9 +56,9 @@ def _patient_pk(conn: Connection, f: InstanceFacts, cache: dict[tuple[str, str],
             ),
             ["patient_id", "issuer"],
         )
+        # Not cached: this transaction may still roll back, and another thread
+        # must not point a study at a patient row that never committed.
         pk = conn.execute(select(patients.c.id).where(key)).scalar_one()
-    if cache is not None:
-        cache[ident] = int(pk)
     return int(pk)
 
 
