@@ -83,8 +83,8 @@ def serve(
         except OSError as exc:
             fail(f"cannot listen for DICOM on {dicom.host}:{dicom.port}: {exc.strerror or exc}", 2)
         try:
-            console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port} (C-ECHO, C-STORE)", highlight=False)
-            console.print(f"DICOMweb http://{http.host}:{http.port}/dicomweb (STOW-RS); health at /health", highlight=False)
+            console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
+            console.print(f"DICOMweb http://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)
             console.print(f"archive {service.settings.home}; stop with Ctrl-C or SIGTERM", highlight=False)
             if not stop.is_set():
                 config = uvicorn.Config(
