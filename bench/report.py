@@ -78,7 +78,7 @@ their range over rounds in parentheses.
 REPRODUCE = """## How to reproduce
 
 ```sh
-make bench                                  # everything, about 15-20 minutes on 2 cores
+make bench                                  # everything, about 20 minutes on 2 cores
 make bench BENCH_ARGS="--profile"           # also profile ilm serve (py-spy in .venv) even when it meets its targets
 make bench BENCH_ARGS="--only cstore"       # one benchmark (see python -m bench --help)
 make bench BENCH_ARGS="--quick"             # small sizes: 250 instances, 100k catalog studies
