@@ -3,6 +3,21 @@
 A plan records what the policy decided for every study it acts on (and every
 study a protection vetoed), the hash of the policy text, and a hash of the
 catalog facts it saw. ``apply`` later executes exactly these actions.
+
+Two ways reach the same decisions. By default the database decides every
+study it can decide with certainty (:mod:`ilm.catalog.policy_sql`) and only
+the others are read into Python and given to the pure
+:func:`~ilm.policy.evaluate`; ``pure=True`` reads every study and evaluates
+each one in Python (the reference, and the fallback when a policy has a part
+the database cannot evaluate exactly). The stored plan is the same either
+way: the same actions, summary and hashes (the plan hash covers the actions
+in Study Instance UID order; the order of the rows does not matter).
+
+The catalog hash is the SHA-256 of a few aggregates of the catalog
+(:func:`ilm.catalog.policy_sql.catalog_state`: active studies, their ids,
+sizes, instance counts, newest update, receipt and read; holds), not of
+every study: cheap at a million studies, and ``apply`` re-checks each
+study's own fingerprint before acting anyway.
 """
 
 from __future__ import annotations
@@ -11,8 +26,9 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,13 +37,17 @@ from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes, tier_bytes
+from ilm.catalog.policy_sql import (
+    action_keys, catalog_state, consistent_read, decision_of_code, discarded, finish_plan, insert_actions,
+    no_rule_decision, plan_decision_rows, plan_in_sql,
+)
 from ilm.config import Settings
 from ilm.cost import TierPrice, monthly_storage_cost
 from ilm.errors import IlmError
-from ilm.lifecycle.tiering import with_cooling
+from ilm.lifecycle.tiering import cooling_enabled, with_cooling
 from ilm.policy import Action, Decision, Policy, StudyFacts, evaluate_all, parse_policy
 
-__all__ = ["PolicySource", "read_policy", "fingerprint", "make_plan", "PlanResult", "tier_prices"]
+__all__ = ["PolicySource", "read_policy", "fingerprint", "make_plan", "PlanResult", "PlanDecisions", "tier_prices"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +71,18 @@ def read_policy(path: Path, known_tiers: list[str]) -> PolicySource:
 def fingerprint(s: StudyFacts) -> str:
     """What apply re-checks: the facts that, changed, make a decision stale.
 
+    Plain text, ``instances/bytes/last read/holds on the study``, the last
+    read as its UTC wall clock ``YYYY-MM-DD HH:MM:SS.ffffff`` (empty if
+    never read): the database writes the same text for the studies it
+    decides itself (:func:`ilm.catalog.policy_sql.fingerprint_sql`).
     Tiers are left out: an interrupted move changes them, and the resumed
     apply must finish it; the policy, evaluated again, judges tiers.
     """
-    last = s.last_accessed_at.isoformat() if s.last_accessed_at else ""
-    body = json.dumps([s.instance_count, s.size_bytes, last, len(s.holds)])
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
+    last = s.last_accessed_at
+    if last is not None and last.tzinfo is not None:
+        last = last.astimezone(timezone.utc).replace(tzinfo=None)
+    read = last.isoformat(" ", "microseconds") if last is not None else ""
+    return f"{s.instance_count}/{s.size_bytes}/{read}/{len(s.holds)}"
 
 
 def tier_prices(settings: Settings) -> dict[str, TierPrice]:
@@ -64,14 +90,101 @@ def tier_prices(settings: Settings) -> dict[str, TierPrice]:
             for n, t in settings.tiers.items()}
 
 
+class PlanDecisions(Sequence[Decision]):
+    """Every study's decision in a plan the database made, read back on demand.
+
+    Only the decisions evaluated in Python are held in memory. Iterating
+    reads the active studies (up to the newest id the plan saw) with the
+    plan's stored actions: a stored action is the decision its rule made; a
+    study a rule kept is recalled from its code; any other study no rule
+    matched.
+    """
+
+    def __init__(self, catalog: Catalog, policy: Policy, plan_id: str, known: list[Decision],
+                 kept: list[tuple[int, int]], max_id: int, total: int) -> None:
+        self._catalog = catalog
+        self._policy = policy
+        self._plan_id = plan_id
+        self._known = known
+        self._kept = kept
+        self._max_id = max_id
+        self._total = total
+        self._all: list[Decision] | None = None
+
+    def __len__(self) -> int:
+        return self._total
+
+    def __iter__(self) -> Iterator[Decision]:
+        if self._all is not None:
+            yield from self._all
+            return
+        with self._catalog.read() as conn:
+            yield from self.read(conn)
+
+    def read(self, conn: Any) -> Iterator[Decision]:
+        """The decisions, read on an open catalog connection."""
+        known = {d.study_uid: d for d in self._known}
+        kept = dict(self._kept)
+        for sid, uid, action in plan_decision_rows(conn, self._plan_id, self._max_id):
+            d = known.pop(uid, None)
+            if d is not None:
+                yield d
+            elif action is not None:
+                decision, tier, rule_id, reason = action
+                try:
+                    proposed = self._policy.rule(rule_id).action
+                except KeyError:  # not a rule of the policy (a cooling move)
+                    proposed = Action(decision)
+                yield Decision(uid, Action(decision), proposed, rule_id, reason,
+                               tier=tier if decision == Action.TRANSITION.value else None)
+            elif sid in kept:
+                yield decision_of_code(self._policy, kept[sid], uid)
+            else:
+                yield no_rule_decision(uid)
+        yield from known.values()  # studies that left the active state since the plan
+
+    def __getitem__(self, i: Any) -> Any:
+        if self._all is None:
+            self._all = list(iter(self))
+        return self._all[i]
+
+
 @dataclass
 class PlanResult:
     plan: PlanRow
-    decisions: list[Decision] = field(default_factory=list)
+    decisions: Sequence[Decision] = field(default_factory=list)
 
 
 def _new_id(now: datetime) -> str:
     return f"p{now:%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def _action(d: Decision, study: StudyFacts) -> dict[str, Any]:
+    return dict(
+        study_uid=study.study_uid, decision=d.action.value,
+        target_tier=d.tier if d.action is Action.TRANSITION else None, rule_id=d.rule_id,
+        vetoes=json.dumps([{"protection": v.protection, "reason": v.reason} for v in d.vetoes]),
+        fingerprint=fingerprint(study), instance_count=study.instance_count, size_bytes=study.size_bytes,
+        state="pending" if d.action is not Action.KEEP else "kept", reason=d.reason,
+    )
+
+
+def _acts(d: Decision) -> bool:
+    """A plan stores the studies it acts on and those a protection or a missing fact kept."""
+    return d.action is not Action.KEEP or bool(d.vetoes) or bool(d.unknown)
+
+
+def _plan_hash(source: PolicySource, catalog_hash: str, as_of: date,
+               batches: Iterable[Sequence[tuple[str, str, str | None, str | None]]]) -> str:
+    """SHA-256 of the policy, the catalog state, the date and every action (by Study Instance UID)."""
+    h = hashlib.sha256(json.dumps([source.sha256, catalog_hash, as_of.isoformat()]).encode())
+    for batch in batches:
+        h.update("".join(f"\n{uid}\t{d}\t{tier or ''}\t{rule or ''}" for uid, d, tier, rule in batch).encode())
+    return h.hexdigest()
+
+
+def _catalog_hash(state: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
 
 def make_plan(
@@ -83,38 +196,47 @@ def make_plan(
     created_by: str,
     progress: Callable[[int], None] | None = None,
     store: bool = True,
+    pure: bool = False,
 ) -> PlanResult:
-    """Decide for every active study and store the plan (unless ``store`` is False)."""
+    """Decide for every active study and store the plan (unless ``store`` is False).
+
+    By default the database decides what it can and the pure code the rest;
+    ``pure`` evaluates every study in Python. The plan is the same.
+    """
     now = datetime.now(timezone.utc)
-    with catalog.read() as conn:
-        inputs = load_policy_inputs(conn)
-        before = tier_bytes(conn)
-        # Access-based tiering: cooling-days moves for the studies no rule decided (ilm.lifecycle.tiering).
-        stream = list(with_cooling(zip(evaluate_all(source.policy, inputs.studies, inputs.patients, as_of),
-                                       inputs.studies), conn, settings, as_of))
-    decisions: list[Decision] = []
-    catalog_hash = hashlib.sha256()
+    if not pure:
+        made = _plan_in_sql(catalog, settings, source, as_of, created_by, progress, store, now)
+        if made is not None:
+            return made
+    return _plan_in_python(catalog, settings, source, as_of, created_by, progress, store, now)
+
+
+def _plan_in_python(catalog: Catalog, settings: Settings, source: PolicySource, as_of: date, created_by: str,
+                    progress: Callable[[int], None] | None, store: bool, now: datetime) -> PlanResult:
+    """Every study read into Python and evaluated there; the plan written afterwards."""
+    decided: list[Decision] = []
     actions: list[dict[str, Any]] = []
     by_uid: dict[str, StudyFacts] = {}
-    for d, study in stream:
-        fp = fingerprint(study)
-        catalog_hash.update(f"{study.study_uid}:{fp}\n".encode())
-        decisions.append(d)
-        if d.action is not Action.KEEP or d.vetoes or d.unknown:
-            by_uid[study.study_uid] = study
-            actions.append(dict(
-                study_uid=study.study_uid, decision=d.action.value, target_tier=d.tier if d.action is Action.TRANSITION else None,
-                rule_id=d.rule_id,
-                vetoes=json.dumps([{"protection": v.protection, "reason": v.reason} for v in d.vetoes]),
-                fingerprint=fp, instance_count=study.instance_count, size_bytes=study.size_bytes,
-                state="pending" if d.action is not Action.KEEP else "kept", reason=d.reason,
-            ))
-        if progress:
-            progress(1)
-    # Cost before and after: moves shift a study's bytes to the target tier,
-    # expiries remove them.
     with catalog.read() as conn:
+        consistent_read(conn)
+        state = catalog_state(conn)
+        before = tier_bytes(conn)
+        inputs = load_policy_inputs(conn)
+        stream: Iterator[tuple[Decision, StudyFacts]] = zip(
+            evaluate_all(source.policy, inputs.studies, inputs.patients, as_of), inputs.studies)
+        # Access-based tiering: cooling-days moves for the studies no rule decided (ilm.lifecycle.tiering).
+        stream = with_cooling(stream, conn, settings, as_of)
+        for d, study in stream:
+            decided.append(d)
+            if _acts(d):
+                by_uid[study.study_uid] = study
+                actions.append(_action(d, study))
+            if progress:
+                progress(1)
+        # Cost before and after: moves shift a study's bytes to the target tier,
+        # expiries remove them.
         per_study = study_tier_bytes(conn, [a["study_uid"] for a in actions if a["decision"] != "keep"])
+    actions.sort(key=lambda a: a["study_uid"])
     after = defaultdict(int, before)
     for a in actions:
         held = per_study.get(a["study_uid"], {})
@@ -126,28 +248,112 @@ def make_plan(
         elif a["decision"] == "expire":
             for t, b in held.items():
                 after[t] -= b
-    prices = tier_prices(settings)
-    summary = summarise(decisions, by_uid, before, dict(after), prices, len(inputs.studies))
-    plan_hash = hashlib.sha256(
-        json.dumps([source.sha256, catalog_hash.hexdigest(), as_of.isoformat(),
-                    [(a["study_uid"], a["decision"], a["target_tier"], a["rule_id"]) for a in actions]]).encode()
-    ).hexdigest()
+    summary = summarise(decided, by_uid, before, dict(after), tier_prices(settings), len(inputs.studies))
+    catalog_hash = _catalog_hash(state)
+    plan_hash = _plan_hash(source, catalog_hash, as_of,
+                           [[(a["study_uid"], a["decision"], a["target_tier"], a["rule_id"]) for a in actions]])
     plan = PlanRow(
         id=_new_id(now), created_at=now, created_by=created_by, as_of=as_of, policy_name=source.policy.name,
-        policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash.hexdigest(),
+        policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
         plan_sha256=plan_hash, state="planned", approved_by=None, summary=summary,
     )
     if store:
         with catalog.write() as conn:
             insert_plan(conn, plan, actions)
-            append_audit(conn, at=now, actor=created_by, action="plan.create", plan_id=plan.id,
-                         detail={"policy": source.path, "policy_sha256": source.sha256, "as_of": as_of.isoformat(),
-                                 "plan_sha256": plan_hash, "actions": summary["actions"]})
+            _audit(conn, plan, source, created_by)
+    return PlanResult(plan, decided)
+
+
+def _audit(conn: Any, plan: PlanRow, source: PolicySource, created_by: str) -> None:
+    append_audit(conn, at=plan.created_at, actor=created_by, action="plan.create", plan_id=plan.id,
+                 detail={"policy": source.path, "policy_sha256": source.sha256, "as_of": plan.as_of.isoformat(),
+                         "plan_sha256": plan.plan_sha256, "actions": plan.summary["actions"]})
+
+
+def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_of: date, created_by: str,
+                 progress: Callable[[int], None] | None, store: bool, now: datetime) -> PlanResult | None:
+    """The database decides and writes what it can, in one transaction; None if the policy has no exact SQL form.
+
+    The SQL's own expiries and moves go from a SELECT straight into
+    ``plan_actions``; the studies it cannot decide with certainty are
+    evaluated by the pure code and stored from Python. With cooling days
+    configured, every study a rule decided is streamed through Python
+    instead, so that :func:`~ilm.lifecycle.tiering.with_cooling` sees them.
+    """
+    with catalog.write() as conn:
+        consistent_read(conn)
+        state = catalog_state(conn)
+        before = tier_bytes(conn)
+        sql = plan_in_sql(conn, source.policy, as_of)
+        if sql is None:
+            return None
+        total = state["studies"]
+        catalog_hash = _catalog_hash(state)
+        plan = PlanRow(
+            id=_new_id(now), created_at=now, created_by=created_by, as_of=as_of, policy_name=source.policy.name,
+            policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
+            plan_sha256="", state="planned", approved_by=None, summary={},
+        )
+        with nullcontext() if store else discarded(conn):
+            insert_plan(conn, plan, [])
+            sql.decide()
+            written = not cooling_enabled(settings)
+            if written:
+                sql.write_actions(plan.id)
+                stream = sql.pure()
+            else:
+                stream = with_cooling(sql.stream(), conn, settings, as_of)
+            known: list[Decision] = []
+            actions: list[dict[str, Any]] = []
+            vetoed: dict[str, int] = defaultdict(int)
+            unknown: dict[str, int] = defaultdict(int)
+            for d, study in stream:
+                known.append(d)
+                if _acts(d):
+                    actions.append(_action(d, study))
+                for v in d.vetoes:
+                    vetoed[v.protection] += 1
+                for u in d.unknown:
+                    unknown[u] += 1
+            insert_actions(conn, plan.id, actions)
+            if progress:
+                progress(total)
+            # Totals: the SQL's own actions summed by the database, the others here.
+            sums, moved = sql.totals() if written else ({}, [])
+            acting = [a for a in actions if a["decision"] != "keep"]
+            for a in acting:
+                row = sums.setdefault((a["decision"], a["rule_id"] or "", a["target_tier"] or ""), [0, 0, 0])
+                row[0] += 1
+                row[1] += a["instance_count"]
+                row[2] += a["size_bytes"]
+            per_study = study_tier_bytes(conn, [a["study_uid"] for a in acting])
+            for a in acting:
+                moved.extend((t, a["decision"], a["target_tier"], b) for t, b in per_study.get(a["study_uid"], {}).items())
+            per_rule = {k: {"studies": n, "instances": i, "bytes": b} for k, (n, i, b) in sums.items()}
+            after = defaultdict(int, before)
+            for tier, decision, target, b in moved:
+                if decision == "transition":
+                    if tier != target:
+                        after[tier] -= b
+                        after[target] += b  # type: ignore[index]
+                elif decision == "expire":
+                    after[tier] -= b
+            summary = _summary(per_rule, vetoed, unknown, before, dict(after), tier_prices(settings), total)
+            plan_hash = _plan_hash(source, catalog_hash, as_of, action_keys(conn, plan.id))
+            plan = replace(plan, plan_sha256=plan_hash, summary=summary)
+            finish_plan(conn, plan.id, summary, plan_hash)
+            decisions = PlanDecisions(catalog, source.policy, plan.id, known, sql.kept_by_rule(), state["max_id"],
+                                      total)
+            if store:
+                _audit(conn, plan, source, created_by)
+            else:  # read them now: the plan's rows go with the rollback
+                decisions = list(decisions.read(conn))  # type: ignore[assignment]
+            sql.close()
     return PlanResult(plan, decisions)
 
 
 def summarise(
-    decisions: list[Decision],
+    decisions: Iterable[Decision],
     facts: Mapping[str, StudyFacts],
     before: Mapping[str, int],
     after: Mapping[str, int],
@@ -170,6 +376,18 @@ def summarise(
             vetoed[v.protection] += 1
         for u in d.unknown:
             unknown[u] += 1
+    return _summary(per_rule, vetoed, unknown, before, after, prices, total)
+
+
+def _summary(
+    per_rule: Mapping[tuple[str, str, str], Mapping[str, int]],
+    vetoed: Mapping[str, int],
+    unknown: Mapping[str, int],
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    prices: Mapping[str, TierPrice],
+    total: int,
+) -> dict[str, Any]:
     return {
         "studies": total,
         "actions": [{"action": a, "rule": r, "tier": t or None, **v} for (a, r, t), v in sorted(per_rule.items())],
