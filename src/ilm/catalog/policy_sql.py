@@ -117,7 +117,7 @@ from ilm.policy.facts import (
 from ilm.policy.matchers import Empty, Equals, Matcher, Negated, OneOf, Regex
 from ilm.policy.protections import Protections
 from ilm.policy.retention import BirthPlus, LastEncounterPlus, Latest, Mqsa, RetainCondition, StudyDatePlus, Term
-from ilm.policy.rules import Action, Policy, Rule
+from ilm.policy.rules import Action, Policy
 
 __all__ = [
     "NotCompilable", "CompiledPolicy", "SqlPlan", "ALREADY", "compile_policy", "plan_in_sql", "count_in_sql",
@@ -207,7 +207,7 @@ class _Sql:
         """A SQL comparison (NULL when a fact is missing) as a tri."""
         if not self.sqlite:
             return boolean
-        return case((1, 2), (0, 0), value=type_coerce(boolean, Integer), else_=1)
+        return case({1: 2, 0: 0}, value=type_coerce(boolean, Integer), else_=1)
 
     def and_(self, parts: Sequence[Any]) -> Any:
         """Kleene's AND of the parts, in order, each evaluated at most once, stopping at the first MISS.
@@ -232,10 +232,10 @@ class _Sql:
             return and_(*parts) if stop == 0 else or_(*parts)
 
         def seen_unknown(rest: Sequence[Any]) -> Any:
-            return func.coalesce(*[case((stop, stop), value=x) for x in rest], literal(1, Integer))
+            return func.coalesce(*[case({stop: stop}, value=x) for x in rest], literal(1, Integer))
 
-        arms = [case((stop, stop), (1, seen_unknown(parts[i + 1:])), value=x) if i + 1 < len(parts)
-                else case((stop, stop), (1, 1), value=x) for i, x in enumerate(parts)]
+        arms = [case({stop: stop, 1: seen_unknown(parts[i + 1:])}, value=x) if i + 1 < len(parts)
+                else case({stop: stop, 1: 1}, value=x) for i, x in enumerate(parts)]
         return func.coalesce(*arms, literal(top, Integer))
 
     def not_(self, x: Any) -> Any:
@@ -264,11 +264,11 @@ class _Sql:
     def contains(self, hay: Any, needle: Any) -> Bool:
         return (func.instr(hay, needle) if self.sqlite else func.strpos(hay, needle)) > 0
 
-    def like_ci(self, col: Any, pattern: str, escape: str | None = None) -> Bool:
+    def like_ci(self, col: Any, pattern: str, escape: str | None = None) -> Any:
         """LIKE ignoring ASCII case (SQLite's LIKE already does)."""
         return col.like(pattern, escape=escape) if self.sqlite else col.ilike(pattern, escape=escape)
 
-    def printable(self, col: Any) -> Bool:
+    def printable(self, col: Any) -> Any:
         """Every character of ``col`` is printable ASCII (space to tilde)."""
         if self.sqlite:
             return not_(col.op("GLOB", is_comparison=True)(literal("*[^ -~]*")))
@@ -282,7 +282,7 @@ class _Sql:
         d = self.delimited(col)
         return and_(self.printable(col), not_(self.contains(d, _SEP + " ")), not_(self.contains(d, " " + _SEP)))
 
-    def day_before(self, col: Any, day: date) -> Bool:
+    def day_before(self, col: Any, day: date) -> Any:
         """The calendar day of timestamp ``col``, as ilm.policy.context.day_of reads it, is before ``day``.
 
         SQLite keeps SQLAlchemy's text ("YYYY-MM-DD HH:MM:SS.ffffff", the wall
@@ -299,6 +299,12 @@ class _Sql:
                     cast(func.substr(col, 9, 2), Integer))
         return (cast(extract("year", col), Integer), cast(extract("month", col), Integer),
                 cast(extract("day", col), Integer))
+
+    def newest(self, col: Any) -> Any:
+        """max(date column) over a patient's studies. On PostgreSQL of ``col + 0``: otherwise the
+        planner may answer max() by walking the study-date index backwards until it meets the
+        patient, which reads most of the index for a patient whose studies are old."""
+        return func.max(col) if self.sqlite else func.max(col + literal(0, Integer))
 
     def minus_days(self, col: Any, n: int) -> Any:
         if self.sqlite:
@@ -586,7 +592,7 @@ class _Compiler:
         undated_patients = select(undated.c.patient_pk).where(undated.c.study_date.is_(None),
                                                              undated.c.state != "purging")
         other = studies.alias("encounter")
-        newest = (select(func.max(other.c.study_date) < t)
+        newest = (select(q.newest(other.c.study_date) < t)
                   .where(other.c.patient_pk == s.patient_pk, other.c.state != "purging")
                   .correlate(studies).scalar_subquery())
         return case((s.patient_pk.in_(undated_patients), q.U), (s.study_date >= t, q.F), else_=q.leaf(newest))
@@ -661,7 +667,7 @@ class _Compiler:
             else_=-1,
         )
 
-    def code(self) -> ColumnElement[Any]:
+    def code(self) -> Any:
         """Per study: 0 no rule matched; k + 1 rule k decided (for a transition: the study moves);
         ALREADY + k + 1 transition rule k matched a study already on its tier; -1 the pure code decides."""
         rules = self.policy.rules
@@ -851,7 +857,7 @@ class SqlPlan:
         def by_code(values: dict[int, Any]) -> Any:
             if not values:
                 return null()
-            return case(*[(k, literal(v)) for k, v in values.items()], value=code, else_=null())
+            return case({k: literal(v) for k, v in values.items()}, value=code, else_=null())
 
         s = studies.c
         rows = (
@@ -1100,7 +1106,7 @@ def action_keys(conn: Connection, plan_id: str) -> Iterator[list[tuple[str, str,
                       'ORDER BY study_uid COLLATE "C"', {"p": plan_id}  # type: ignore[assignment]
     res = conn.exec_driver_sql(sql, params, execution_options={"stream_results": True})
     while rows := res.fetchmany(50_000):
-        yield [tuple(r) for r in rows]  # type: ignore[misc]
+        yield [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 def plan_decision_rows(conn: Connection, plan_id: str, max_id: int) -> Iterator[tuple[int, str, Any]]:
