@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from ilm.catalog import Catalog
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.policy_sql import SqlPlan, consistent_read, no_rule_decision, plan_in_sql
+from ilm.catalog.policy_sql import NotCompilable, SqlPlan, consistent_read, no_rule_decision, plan_in_sql
 from ilm.catalog.schema import audit_log, holds, patients, plan_actions, plans, studies
 from ilm.policy import Decision, Policy, evaluate, parse_policy
 from ilm.policy.conditions import AttributeCondition, Condition, NotCondition, AnyCondition
@@ -137,7 +137,10 @@ def decide_both(catalog: Catalog, policy: Policy, as_of: date) -> Both:
         sql = plan_in_sql(conn, policy, as_of)
         if sql is None:
             return Both(pure, None, None)
-        sql.decide()
+        try:
+            sql.decide()
+        except NotCompilable:
+            return Both(pure, None, None)
         fast = {d.study_uid: d for d, _ in sql.stream()}
         sql.close()
     for uid in pure:

@@ -47,14 +47,17 @@ def _assert_agree(catalog: Catalog, policy: Policy, as_of: date) -> None:
 
 
 def _too_deep(catalog: Catalog, policy: Policy, as_of: date) -> bool:
-    from ilm.catalog.policy_sql import _prepares, compile_policy
+    from ilm.catalog.policy_sql import NotCompilable, plan_in_sql
 
     with catalog.write() as c:
-        compiled = compile_policy(policy, as_of, "sqlite")
-        compiled.register(c)
-        refused = not _prepares(c, compiled)
-        c.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
-    return refused
+        sql = plan_in_sql(c, policy, as_of)
+        assert sql is not None
+        try:
+            sql.decide()
+        except NotCompilable:
+            return True
+        sql.close()
+    return False
 
 
 def _shared_keys(catalog: Catalog) -> bool:

@@ -76,7 +76,6 @@ from sqlalchemy import (
     not_,
     null,
     or_,
-    bindparam,
     select,
     true,
     type_coerce,
@@ -342,6 +341,7 @@ class CompiledPolicy:
     code: ColumnElement[Any]        # per active study: 0, rule index + 1, or -1 (ask the pure code)
     source: Any                     # the FROM clause the code reads
     functions: dict[str, Callable[[Any], Any]] = field(default_factory=dict)  # SQLite functions to register
+    patient_facts: bool = True      # a decision may depend on a patient's other studies (keyed by patient key)
 
     def register(self, conn: Connection) -> None:
         if self.functions:
@@ -689,7 +689,24 @@ class _Compiler:
         src: Any = studies
         if self.uses_patients:
             src = src.join(patients, patients.c.id == studies.c.patient_pk)
-        return CompiledPolicy(self.policy, self.as_of, code, src, self.functions)
+        # Facts across a patient's studies are read by a retention term or a protection
+        # (protections judge expiries only); holds are matched by patient key either way.
+        patient_facts = any(r.action is Action.EXPIRE or _uses_patient_terms(r.conditions) for r in self.policy.rules)
+        return CompiledPolicy(self.policy, self.as_of, code, src, self.functions, patient_facts)
+
+
+def _uses_patient_terms(conditions: Sequence[Condition]) -> bool:
+    def term(t: Term) -> bool:
+        return isinstance(t, (LastEncounterPlus, Mqsa)) or (isinstance(t, Latest) and any(term(x) for x in t.terms))
+
+    for c in conditions:
+        if isinstance(c, RetainCondition) and term(c.term):
+            return True
+        if isinstance(c, NotCondition) and _uses_patient_terms(c.inner):
+            return True
+        if isinstance(c, AnyCondition) and any(_uses_patient_terms(g) for g in c.groups):
+            return True
+    return False
 
 
 def compile_policy(policy: Policy, as_of: date, dialect: str) -> CompiledPolicy:
@@ -824,8 +841,17 @@ class SqlPlan:
     sql_decided: int = 0      # studies a rule decided in SQL
 
     def decide(self) -> None:
+        """Compute every active study's code (NotCompilable: SQLite refuses the statement; nothing was done)."""
         conn = self.conn
-        conn.execute(_decide_statement(self.compiled), {"after_id": -1})
+        _create_codes(conn)
+        try:
+            conn.execute(_decide_statement(self.compiled))
+        except OperationalError as exc:
+            # SQLite refuses the statement while preparing it: nothing was read or written.
+            if conn.dialect.name == "sqlite" and _refused(exc):
+                self.close()
+                raise NotCompilable(f"the database refuses the policy's statement: {exc.orig}") from None
+            raise
         held = self._held_ids()
         for i in range(0, len(held), _FETCH):
             conn.execute(update(_codes).where(_codes.c.id.in_(held[i:i + _FETCH])).values(code=-1))
@@ -979,46 +1005,29 @@ def plan_in_sql(conn: Connection, policy: Policy, as_of: date) -> SqlPlan | None
         compiled = compile_policy(policy, as_of, conn.dialect.name)
     except NotCompilable:
         return None
-    if _key_collisions(conn):
+    if compiled.patient_facts and _key_collisions(conn):
         return None
     compiled.register(conn)
-    if not _prepares(conn, compiled):
-        return None
     study_holds, patient_holds = _holds(conn)
     return SqlPlan(compiled, conn, study_holds, patient_holds)
 
 
-def _prepares(conn: Connection, compiled: CompiledPolicy) -> bool:
-    """Whether the database accepts the plan's statement: SQLite's parser refuses deeply nested
-    expressions (a policy of many nested ``any`` / ``not``). The very INSERT of :meth:`SqlPlan.decide`,
-    run for the ids after the last one, so that nothing is read or written."""
+def _create_codes(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
     _codes.create(conn)
-    if conn.dialect.name != "sqlite":
-        return True
-    try:
-        conn.execute(_decide_statement(compiled), {"after_id": _NO_ID})
-    except OperationalError as exc:
-        if any(m in str(exc) for m in ("parser stack overflow", "too large", "too many")):
-            conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
-            return False
-        raise
-    return True
 
 
-_NO_ID = 2**62  # after every study id: the probe reads nothing
+def _refused(exc: OperationalError) -> bool:
+    """SQLite's parser refuses a statement this deep or this large (a policy of many nested any / not)."""
+    return any(m in str(exc) for m in ("parser stack overflow", "too large", "too many"))
 
 
 def _decide_statement(compiled: CompiledPolicy) -> Any:
-    """INSERT the code of every active study after id ``:after_id`` that is not 0.
-
-    One statement for the probe and the plan, so SQLAlchemy compiles the
-    (large) expression once.
-    """
+    """INSERT the code of every active study that is not 0."""
     return _codes.insert().from_select(
         ["id", "code"],
         select(studies.c.id, compiled.code).select_from(compiled.source)
-        .where(studies.c.id > bindparam("after_id"), studies.c.state == "active", compiled.code != 0))
+        .where(studies.c.state == "active", compiled.code != 0))
 
 
 def count_in_sql(conn: Connection, policy: Policy, as_of: date) -> int:
@@ -1099,14 +1108,22 @@ def finish_plan(conn: Connection, plan_id: str, summary: dict[str, Any], plan_sh
 def action_keys(conn: Connection, plan_id: str) -> Iterator[list[tuple[str, str, str | None, str | None]]]:
     """(study UID, decision, target tier, rule) of every action of a plan, by UID in code point order, in batches."""
     if conn.dialect.name == "sqlite":
-        sql, params = "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = ? " \
-                      "ORDER BY study_uid", (plan_id,)
-    else:
-        sql, params = "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = %(p)s " \
-                      'ORDER BY study_uid COLLATE "C"', {"p": plan_id}  # type: ignore[assignment]
-    res = conn.exec_driver_sql(sql, params, execution_options={"stream_results": True})
-    while rows := res.fetchmany(50_000):
-        yield [(r[0], r[1], r[2], r[3]) for r in rows]
+        # The driver's own cursor on the same connection (and transaction): plain tuples, no result processing.
+        raw = conn.connection.driver_connection
+        cur = raw.execute(  # type: ignore[union-attr]
+            "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = ? ORDER BY study_uid",
+            (plan_id,))
+        try:
+            while rows := cur.fetchmany(50_000):
+                yield rows
+        finally:
+            cur.close()
+        return
+    res = conn.exec_driver_sql(
+        "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = %(p)s "
+        'ORDER BY study_uid COLLATE "C"', {"p": plan_id}, execution_options={"stream_results": True})
+    while batch := res.fetchmany(50_000):
+        yield [(r[0], r[1], r[2], r[3]) for r in batch]
 
 
 def plan_decision_rows(conn: Connection, plan_id: str, max_id: int) -> Iterator[tuple[int, str, Any]]:

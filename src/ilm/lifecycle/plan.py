@@ -38,8 +38,8 @@ from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes, tier_bytes
 from ilm.catalog.policy_sql import (
-    action_keys, catalog_state, consistent_read, decision_of_code, discarded, finish_plan, insert_actions,
-    no_rule_decision, plan_decision_rows, plan_in_sql,
+    NotCompilable, action_keys, catalog_state, consistent_read, decision_of_code, discarded, finish_plan,
+    insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql,
 )
 from ilm.config import Settings
 from ilm.cost import TierPrice, monthly_storage_cost
@@ -294,9 +294,12 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
             policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
             plan_sha256="", state="planned", approved_by=None, summary={},
         )
+        try:
+            sql.decide()
+        except NotCompilable:
+            return None
         with nullcontext() if store else discarded(conn):
             insert_plan(conn, plan, [])
-            sql.decide()
             written = not cooling_enabled(settings)
             if written:
                 sql.write_actions(plan.id)
@@ -348,7 +351,7 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 _audit(conn, plan, source, created_by)
             else:  # read them now: the plan's rows go with the rollback
                 decisions = list(decisions.read(conn))  # type: ignore[assignment]
-            sql.close()
+        sql.close()
     return PlanResult(plan, decisions)
 
 
