@@ -1014,7 +1014,10 @@ def plan_in_sql(conn: Connection, policy: Policy, as_of: date) -> SqlPlan | None
 
 def _create_codes(conn: Connection) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
-    _codes.create(conn)
+    if conn.dialect.name == "sqlite":
+        _codes.create(conn)  # the id is the rowid: free
+    else:  # no index to maintain while a million rows go in; joins hash it
+        conn.exec_driver_sql("CREATE TEMPORARY TABLE ilm_plan_codes (id INTEGER NOT NULL, code INTEGER NOT NULL)")
 
 
 def _refused(exc: OperationalError) -> bool:
@@ -1023,11 +1026,16 @@ def _refused(exc: OperationalError) -> bool:
 
 
 def _decide_statement(compiled: CompiledPolicy) -> Any:
-    """INSERT the code of every active study that is not 0."""
-    return _codes.insert().from_select(
-        ["id", "code"],
-        select(studies.c.id, compiled.code).select_from(compiled.source)
-        .where(studies.c.state == "active", compiled.code != 0))
+    """INSERT the code of every active study that is not 0.
+
+    The code is computed once per study, in a subquery the database may not
+    merge into the outer query (OFFSET 0): written in both the select list
+    and WHERE, it would be computed twice for every study kept, which are
+    the studies whose code is the most expensive.
+    """
+    inner = (select(studies.c.id.label("id"), compiled.code.label("code")).select_from(compiled.source)
+             .where(studies.c.state == "active").offset(0).subquery("coded"))
+    return _codes.insert().from_select(["id", "code"], select(inner.c.id, inner.c.code).where(inner.c.code != 0))
 
 
 def count_in_sql(conn: Connection, policy: Policy, as_of: date) -> int:
@@ -1064,7 +1072,8 @@ def catalog_state(conn: Connection) -> dict[str, Any]:
     """What a plan saw of the catalog, in a few aggregates (hashed into the plan's catalog hash).
 
     Active studies: count, sum of ids, of sizes and of instance counts, the
-    newest update, receipt and read; holds: count, count released, newest id.
+    newest update (a receipt is one) and read; the newest study id; holds:
+    count, count released, newest id.
     Cheap on a million studies, and changed by what changes a plan: a study
     added, expired or restored, new instances, a read, a hold placed or
     released. ``apply`` re-checks every study's own fingerprint anyway.
@@ -1072,10 +1081,10 @@ def catalog_state(conn: Connection) -> dict[str, Any]:
     s = studies.c
     row = conn.execute(
         select(func.count(), func.coalesce(func.sum(s.id), 0), func.coalesce(func.sum(s.size_bytes), 0),
-               func.coalesce(func.sum(s.instance_count), 0), func.max(s.updated_at), func.max(s.received_at),
-               func.max(s.last_accessed_at), func.coalesce(func.max(s.id), 0))
+               func.coalesce(func.sum(s.instance_count), 0), func.max(s.updated_at), func.max(s.last_accessed_at))
         .where(s.state == "active")
     ).one()
+    top = int(conn.execute(select(func.coalesce(func.max(s.id), 0))).scalar_one())  # from the index, at once
     h = conn.execute(select(func.count(), func.count(holds.c.released_at), func.coalesce(func.max(holds.c.id), 0))).one()
 
     def iso(v: Any) -> str | None:
@@ -1087,7 +1096,7 @@ def catalog_state(conn: Connection) -> dict[str, Any]:
 
     return {
         "studies": int(row[0]), "id_sum": int(row[1]), "bytes": int(row[2]), "instances": int(row[3]),
-        "updated": iso(row[4]), "received": iso(row[5]), "read": iso(row[6]), "max_id": int(row[7]),
+        "updated": iso(row[4]), "read": iso(row[5]), "max_id": top,
         "holds": int(h[0]), "holds_released": int(h[1]), "holds_max_id": int(h[2]),
     }
 

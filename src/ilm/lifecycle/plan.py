@@ -15,7 +15,7 @@ in Study Instance UID order; the order of the rows does not matter).
 
 The catalog hash is the SHA-256 of a few aggregates of the catalog
 (:func:`ilm.catalog.policy_sql.catalog_state`: active studies, their ids,
-sizes, instance counts, newest update, receipt and read; holds), not of
+sizes, instance counts, newest update and read; holds), not of
 every study: cheap at a million studies, and ``apply`` re-checks each
 study's own fingerprint before acting anyway.
 """
