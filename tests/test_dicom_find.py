@@ -6,11 +6,14 @@ final statuses and error comments are read from findscu's log (-v, -d).
 
 from __future__ import annotations
 
+import inspect
 import io
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from support import query_data as qd
 from support.query_data import CT, MR, uid
 
 from ilm.config import DicomSettings
+from ilm.dicom import find as find_handler
 from ilm.dicom.server import DicomServer, start_dicom_server
 from ilm.errors import CatalogError
 from ilm.service import ArchiveService
@@ -296,8 +300,26 @@ def _part10(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def test_cancel_stops_the_responses(scp: DicomServer, service: ArchiveService, tmp_path: Path) -> None:
+def test_cancel_stops_the_responses(scp: DicomServer, service: ArchiveService, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     n = 400
+    build = find_handler._response
+    built: list[object] = []
+
+    def held_until_cancel(*args: Any) -> Dataset:
+        # Without this the server may send all n answers before findscu's C-CANCEL
+        # arrives (a correct Success, and a flaky test): the second answer waits
+        # until the cancel is in the association's queue (not consumed: the handler
+        # must still see it), at most 30 s.
+        if len(built) == 1:
+            event = inspect.currentframe().f_back.f_locals["event"]  # type: ignore[union-attr]
+            deadline = time.monotonic() + 30
+            while event.request.MessageID not in event.assoc.dimse.cancel_req and time.monotonic() < deadline:
+                time.sleep(0.01)
+        built.append(args)
+        return build(*args)
+
+    monkeypatch.setattr(find_handler, "_response", held_until_cancel)
     for i in range(n):
         ds = Dataset()
         ds.SOPClassUID, ds.SOPInstanceUID = CT, uid(900, 1, i + 1)
