@@ -1,0 +1,23 @@
+"""encryption at rest: wrapped data keys (issue 5)
+
+Reserved revision: filled by the change that needs it (no-op until then).
+
+Revision ID: 0011
+Revises: 0010
+"""
+from alembic import op  # noqa: F401
+import sqlalchemy as sa  # noqa: F401
+
+
+revision = '0011'
+down_revision = '0010'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
