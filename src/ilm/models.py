@@ -86,7 +86,8 @@ class CopyState(str, enum.Enum):
     WRITING = "writing"      # a move is copying; not yet verified
     VERIFIED = "verified"    # the tier holds bytes whose SHA-256 matches
     DELETING = "deleting"    # committed elsewhere, being removed here
-    MISSING = "missing"      # a check found it gone or corrupt
+    MISSING = "missing"      # a fixity check found it gone (ilm.fixity)
+    BAD = "bad"              # a fixity check read other bytes than its SHA-256 (kept for forensics)
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,8 +147,15 @@ locations = Table(
     # An instance inside a packed study object: its byte range in that object.
     Column("pack_offset", BigInteger),
     Column("pack_length", BigInteger),
+    # Fixity (migration 0007): a copy written to a replica tier (the ``replicas``
+    # tier option) is kept by moves and not counted in studies.tiers; a copy a
+    # check found 'bad' or 'missing' says why and when (NULL while it is good).
+    Column("replica", Boolean, nullable=False, server_default=false()),
+    Column("problem", Text),
+    Column("problem_at", TS),
     UniqueConstraint("instance_pk", "tier", name="uq_locations_instance_tier"),
     Index("ix_locations_tier_state", "tier", "state"),
+    Index("ix_locations_verified_at", "verified_at"),
 )
 
 conflicts = Table(
