@@ -1,0 +1,117 @@
+"""Where a policy puts a study month by month as it ages. Pure.
+
+The pure policy evaluator (:func:`ilm.policy.evaluate`) is asked on future
+days: the study's own facts, its patient's facts and the tier the
+simulation has put it on. It is asked once a year and, when the answer
+changes within the year, at the months between (bisection), so a
+transition or an expiry is placed to the month at about 15 evaluations per
+study for ten years instead of 120. This relies on decisions changing at
+most once inside a year for a study that stays put, which holds for age
+and time-since-read conditions (they only grow). Future reads, future
+studies of the same patient and holds placed later are not known: the
+study is simulated as nobody reads it again.
+
+:func:`reborn` moves a recent study and its patient forward in time so
+that the study arrives on a given day: the path of new data is that of the
+recent arrivals, aged from their first day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+
+from ilm.cost.projection import Segment
+from ilm.policy import Action, PatientFacts, Policy, StudyFacts, evaluate
+
+__all__ = ["month_day", "path_of", "reborn", "study_age_months"]
+
+MAX_CHANGES = 8
+
+
+def month_day(start: date, month: int) -> date:
+    """The day ``month`` months after ``start`` (months of 365.25/12 days)."""
+    return start + timedelta(days=round(month * 365.25 / 12))
+
+
+def study_age_months(study: StudyFacts, today: date) -> int:
+    """Months since the study date (else since it was received); 0 if neither is known."""
+    when = study.study_date or (study.received_at.date() if study.received_at else None)
+    if when is None:
+        return 0
+    return max(0, int((today - when).days / (365.25 / 12)))
+
+
+def path_of(policy: Policy, study: StudyFacts, patient: PatientFacts | None, tier: str, start: date, months: int,
+            *, step: int = 12) -> tuple[Segment, ...]:
+    """The segments of ``study`` (now on ``tier``) under ``policy`` for ``months`` months from ``start``."""
+    facts = replace(study, tiers=(tier,))
+    segs = [Segment(0, tier)]
+
+    def decide(m: int) -> tuple[Action, str | None] | None:
+        d = evaluate(policy, facts, patient, month_day(start, m))
+        return None if d.action is Action.KEEP else (d.action, d.tier)
+
+    t, changes, last = 0, 0, months - 1
+    while t <= last and changes < MAX_CHANGES:
+        acted = decide(t)
+        if acted is not None:
+            action, target = acted
+            changes += 1
+            if action is Action.EXPIRE:
+                segs.append(Segment(t, None))
+                break
+            assert target is not None
+            facts = replace(facts, tiers=(target,))
+            segs.append(Segment(t, target))
+            continue
+        probe = min(t + step, last)
+        if probe <= t:
+            break
+        if decide(probe) is None:
+            t = probe
+            if probe == last:
+                break
+            continue
+        lo, hi = t, probe
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if decide(mid) is None:
+                lo = mid
+            else:
+                hi = mid
+        t = hi
+    return tuple(segs)
+
+
+def _shift_dt(v: datetime | None, delta: timedelta, cap: date | None = None) -> datetime | None:
+    if v is None:
+        return None
+    out = v + delta
+    return min(out, datetime.combine(cap, datetime.min.time(), tzinfo=v.tzinfo)) if cap is not None else out
+
+
+def reborn(study: StudyFacts, patient: PatientFacts | None, arrives: date) -> tuple[StudyFacts, PatientFacts | None]:
+    """The study and its patient moved in time so that the study is received on ``arrives``.
+
+    Every date moves by the same amount (the patient's age at the study stays
+    the same); a read that would fall after ``arrives`` is set to that day.
+    """
+    base = study.received_at.date() if study.received_at else study.study_date
+    if base is None:
+        return study, patient
+    delta = arrives - base
+    moved = replace(
+        study,
+        study_date=study.study_date + delta if study.study_date else None,
+        birth_date=study.birth_date + delta if study.birth_date else None,
+        received_at=_shift_dt(study.received_at, delta),
+        last_accessed_at=_shift_dt(study.last_accessed_at, delta, arrives),
+    )
+    if patient is None:
+        return moved, None
+    return moved, replace(
+        patient,
+        newest_study_date=patient.newest_study_date + delta if patient.newest_study_date else None,
+        mammogram_dates=tuple(d + delta for d in patient.mammogram_dates),
+    )
