@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from ilm.cli import app
 from ilm.config import Settings, load_settings
+from ilm.models import StudyFilter
 from ilm.service import ArchiveService, iter_files
 from ilm.synth.plan import SynthConfig, plan, totals
 
@@ -55,7 +56,7 @@ def test_demo_builds_ingests_and_summarises_twice(tmp_path: Path) -> None:
     assert "lifecycle: plan" in out and "audit trail" in out and "intact" in out
     svc = ArchiveService.open(load_settings(home=home, env={}))
     try:
-        plans = svc.plans()
+        plans = [p for p in svc.plans() if not p.id.startswith("w")]  # w...: the watermark run's plan
         assert [p.state for p in plans] == ["applied"]
         expired = sum(1 for a in svc.plan_actions(plans[0].id) if a.decision == "expire" and a.state == "done")
         moved = sum(1 for a in svc.plan_actions(plans[0].id) if a.decision == "transition" and a.state == "done")
@@ -64,14 +65,35 @@ def test_demo_builds_ingests_and_summarises_twice(tmp_path: Path) -> None:
     finally:
         svc.close()
     assert sum(r.studies for r in summary["year"]) == 30 - expired  # type: ignore[attr-defined]
-    assert sum(r.instances for r in summary["tier"]) == t.instances  # type: ignore[attr-defined]
-    assert {r.key for r in summary["tier"]} == {"hot", "warm"}  # type: ignore[attr-defined]
+    assert {r.key for r in summary["tier"]} <= {"hot", "warm", "archive"}  # type: ignore[attr-defined]
+    _assert_access_steps(out, home)
 
     again = runner.invoke(app, ["demo", "--studies", "30", "--home", str(home), "--as-of", AS_OF])
     assert again.exit_code == 0, again.output
     assert "reused" in again.output
     assert "stored 0" in again.output and f"duplicates {t.instances:,}" in again.output
     assert sum(r.studies for r in _summary(home)["year"]) == 30 - expired  # type: ignore[attr-defined]
+
+
+def _assert_access_steps(out: str, home: Path) -> None:
+    """The demo's recall, promotion on read and watermark run, checked in the catalog and audit log."""
+    out = " ".join(out.split())  # rich wraps lines at the terminal width
+    assert "access: recall from the archive tier" in out and "readable again from the restored copy" in out
+    assert "retrieval_policy on_read moved it to hot" in out
+    assert "capacity: watermark run" in out
+    svc = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        restores = svc.restores(active_only=False)
+        assert restores and all(r.state == "ready" for r in restores), restores
+        actions = {e.action for e in svc.audit()}
+        assert "promote" in actions, actions
+        watermark_plans = [p for p in svc.plans() if p.id.startswith("w")]
+        assert watermark_plans and all(p.state == "applied" for p in watermark_plans), watermark_plans
+        # every instance still has a verified copy somewhere, wherever the steps moved it
+        for s in svc.studies(StudyFilter(limit=1000)):
+            assert s.tiers, s.study_instance_uid
+    finally:
+        svc.close()
 
 
 def test_demo_keeps_an_existing_config(settings: Settings) -> None:

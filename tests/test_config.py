@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_default_config_loads(tmp_path: Path) -> None:
     write_default_config(tmp_path)
     s = load_settings(home=tmp_path, env={})
-    assert list(s.tiers) == ["hot", "warm"]
+    assert list(s.tiers) == ["hot", "warm", "archive"]
     assert s.ingest_tier == "hot"
     assert s.catalog_url == f"sqlite:///{tmp_path / 'catalog.sqlite'}"
     assert s.tiers["hot"].cost_per_gb_month > s.tiers["warm"].cost_per_gb_month

@@ -263,8 +263,23 @@ cost_per_gb_month = 0.03          # capacity disk
 retrieval_cost_per_gb = 0.0
 retrieval_latency_seconds = 0
 min_storage_days = 0
-# retrieval_policy = "on_read"    # a read brings a study back to hot; "prefetch_priors" also
-#                                 # promotes a patient's priors when a new study arrives; "never"
+retrieval_policy = "on_read"      # a read brings a study back to hot; "prefetch_priors" also
+                                  # promotes a patient's priors when a new study arrives; "never"
+
+[tiers.archive]
+# Behaves like tape or S3 Glacier: a read needs a restore (ilm recall) that
+# completes after retrieval_latency_seconds; the restored copy is kept
+# restored_copy_days on the hot tier, the archive copy stays. Here a folder
+# with a short simulated latency; for Glacier Flexible Retrieval use an S3
+# tier and hours (43200). See docs/tiers.md.
+kind = "filesystem"
+path = "tiers/archive"
+archive = true
+retrieval_latency_seconds = 3
+restored_copy_days = 7
+cost_per_gb_month = 0.0036        # S3 Glacier Flexible Retrieval
+retrieval_cost_per_gb = 0.01
+min_storage_days = 90
 
 # An S3 tier (AWS, MinIO, SeaweedFS, ...). Credentials from the keys below or
 # the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables.

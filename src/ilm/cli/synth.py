@@ -29,6 +29,7 @@ from ilm.cli.app import (
     settings_from,
 )
 from ilm.cli.archive import human_bytes
+from ilm.cli.demo_tiers import demo_access, demo_watermark
 from ilm.config import CONFIG_NAME, default_home, write_default_config
 from ilm.errors import ConfigError, IlmError
 from ilm.models import IngestResult, IngestStatus
@@ -229,6 +230,14 @@ def demo(
         console.print(f"access history: last access of {touched:,} studies set from the plan's reads")
         print_summary(service)
         _demo_lifecycle(service, home, cfg.reference)
+        demo_access(service, home)
+    finally:
+        service.close()
+    demo_watermark(settings, settings.ingest_tier)
+    console.rule("tiers at the end")
+    service = ArchiveService.open(settings)
+    try:
+        console.print(_summary_table("By tier", "Tier", service.summary()["tier"]))
     finally:
         service.close()
     console.print(
@@ -248,7 +257,12 @@ def _demo_lifecycle(service: ArchiveService, home: Path, today: date) -> None:
 
     policy = home / "demo-policy.yaml"
     if not policy.exists():
-        policy.write_text(package_files("ilm").joinpath("data/demo-policy.yaml").read_text(encoding="utf-8"))
+        text = package_files("ilm").joinpath("data/demo-policy.yaml").read_text(encoding="utf-8")
+        if "archive" not in service.settings.tiers:  # a config written before the default had an archive tier
+            head, rest = text.split("  - id: old-unread-to-archive", 1)
+            text = head + rest[rest.index("  - id: "):]
+            console.print("this config has no 'archive' tier: the demo policy leaves out its archive rule")
+        policy.write_text(text, encoding="utf-8")
     console.rule("lifecycle: plan")
     console.print(f"policy {policy}", highlight=False)
     # A legal hold on one study the policy would expire, to show a safety net at work.

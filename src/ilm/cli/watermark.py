@@ -95,26 +95,38 @@ def watermark(
         if not results:
             console.print("no tier has a high_watermark (see docs/tiers.md, Watermarks)")
             return
-        console.print(_status_table([wp.status for wp, _r in results]))
-        for wp, report in results:
-            if wp.plan is None:
-                continue
-            w = wp.plan.summary["watermark"]
-            head = f"[bold]{wp.status.tier}[/]: free {human_bytes(w['to_free'])}; the plan frees {human_bytes(w['freed'])}"
-            head += "" if w["ends_under_low"] else " [red](not enough: it stays over its low watermark)[/]"
-            console.print(head, highlight=False)
-            _print_summary(wp.plan.summary, None if dry_run else wp.plan.id)
-            t = Table("Study Instance UID", "Decision", "To", "Size", "Reason")
-            for a in wp.actions:
-                t.add_row(a["study_uid"], a["decision"], a["target_tier"] or "", human_bytes(a["size_bytes"]), a["reason"])
-            console.print(t)
-            if report is not None:
-                console.print(f"plan {wp.plan.id}: {report.done} done, {len(report.skipped)} skipped, "
-                              f"{len(report.failed)} failed; {human_bytes(report.bytes_moved)} moved", highlight=False)
-                for uid, why in report.failed:
-                    err_console.print(f"  failed {uid}: {why}", highlight=False)
-            elif plan_only:
-                console.print(f"review: ilm plan show {wp.plan.id}    apply: ilm apply {wp.plan.id}", highlight=False)
+        print_results(results, stored=not dry_run)
+    _exit_on_failure(results)
+
+
+def print_results(results: list[tuple[Any, Any]], *, stored: bool, max_rows: int | None = None) -> None:
+    """The status table, then per tier past its high watermark: its plan and the studies it sheds."""
+    console.print(_status_table([wp.status for wp, _r in results]))
+    for wp, report in results:
+        if wp.plan is None:
+            continue
+        w = wp.plan.summary["watermark"]
+        head = f"[bold]{wp.status.tier}[/]: free {human_bytes(w['to_free'])}; the plan frees {human_bytes(w['freed'])}"
+        head += "" if w["ends_under_low"] else " [red](not enough: it stays over its low watermark)[/]"
+        console.print(head, highlight=False)
+        _print_summary(wp.plan.summary, wp.plan.id if stored else None)
+        t = Table("Study Instance UID", "Decision", "To", "Size", "Reason")
+        shown = wp.actions if max_rows is None else wp.actions[:max_rows]
+        for a in shown:
+            t.add_row(a["study_uid"], a["decision"], a["target_tier"] or "", human_bytes(a["size_bytes"]), a["reason"])
+        console.print(t)
+        if len(shown) < len(wp.actions):
+            console.print(f"... and {len(wp.actions) - len(shown):,} more", highlight=False)
+        if report is not None:
+            console.print(f"plan {wp.plan.id}: {report.done} done, {len(report.skipped)} skipped, "
+                          f"{len(report.failed)} failed; {human_bytes(report.bytes_moved)} moved", highlight=False)
+            for uid, why in report.failed:
+                err_console.print(f"  failed {uid}: {why}", highlight=False)
+        elif stored:
+            console.print(f"review: ilm plan show {wp.plan.id}    apply: ilm apply {wp.plan.id}", highlight=False)
+
+
+def _exit_on_failure(results: list[tuple[Any, Any]]) -> None:
     if any(r is not None and r.failed for _wp, r in results):
         raise typer.Exit(1)
 
