@@ -95,8 +95,13 @@ def test_serve_receives_dicom_and_stow_then_stops_cleanly(served: Served, pydico
 
     jpeg = pydicom_test_files / "JPEG2000.dcm"
     body = b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + jpeg.read_bytes() + b"\r\n--b0--\r\n"
-    r = httpx.post(f"http://127.0.0.1:{served.http_port}/dicomweb/studies", content=body,
-                   headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0'}, timeout=60)
+    stow = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b0'}
+    r = httpx.post(f"http://127.0.0.1:{served.http_port}/dicomweb/studies", content=body, headers=stow, timeout=60)
+    assert r.status_code == 401, r.text  # auth is on by default, also on loopback
+    made = _ilm(served.home, "tokens", "create", "--name", "modality", "--role", "operator")
+    assert made.returncode == 0, made.stderr
+    stow["Authorization"] = f"Bearer {made.stdout.strip()}"
+    r = httpx.post(f"http://127.0.0.1:{served.http_port}/dicomweb/studies", content=body, headers=stow, timeout=60)
     assert r.status_code == 200, r.text
     assert httpx.get(f"http://127.0.0.1:{served.http_port}/health").json() == {"status": "ok"}
 

@@ -37,7 +37,7 @@ def archive(service: ArchiveService) -> qd.Archive:
 @pytest.fixture
 def http_server(service: ArchiveService, archive: qd.Archive) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -268,6 +268,7 @@ def test_only_json_is_offered(http_server: str) -> None:
 
 def test_results_are_capped_with_a_warning(service: ArchiveService, archive: qd.Archive) -> None:
     app = FastAPI()
+    app.state.auth = False  # access control is tested in test_auth.py
     app.include_router(qido_router(service, max_results=4))
     with TestClient(app) as c:
         r = c.get("/dicomweb/studies")

@@ -530,7 +530,7 @@ restored_copy_days = 1
 def test_rest_api(svc: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> None:
     clock = svc.clock = Clock()
     uid, _ = _archived_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, n=2)
-    client = TestClient(create_app(svc))
+    client = TestClient(create_app(svc, auth=False))
     r = client.post("/api/restores", json={"study_uids": [uid], "requested_by": "viewer-7"})
     assert r.status_code == 202, r.text
     [st] = r.json()["restores"]

@@ -58,7 +58,7 @@ def value(item: dict[str, Any], tag: str) -> Any:
 
 @pytest.fixture
 def client(service: ArchiveService) -> Iterator[TestClient]:
-    with TestClient(create_app(service)) as c:
+    with TestClient(create_app(service, auth=False)) as c:
         yield c
 
 
@@ -192,7 +192,7 @@ def test_malformed_bodies_are_400_and_store_nothing(client: TestClient, service:
 
 def test_oversized_body_is_413_and_stores_nothing(service: ArchiveService, files: dict[str, Path]) -> None:
     body = multipart(files["CT_small"].read_bytes(), files["MR_small"].read_bytes())
-    with TestClient(create_app(service, max_request_bytes=len(body) - 1)) as c:
+    with TestClient(create_app(service, max_request_bytes=len(body) - 1, auth=False)) as c:
         assert post(c, body).status_code == 413  # told by Content-Length
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
@@ -212,7 +212,7 @@ def test_oversized_body_is_413_and_stores_nothing(service: ArchiveService, files
 @pytest.fixture
 def http_server(service: ArchiveService) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -46,7 +46,7 @@ def study(service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> 
 @pytest.fixture
 def http_server(service: ArchiveService) -> Iterator[str]:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning",
+    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -11,12 +11,13 @@ Tiers are listed hottest first: their order in the file is their order.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ilm.errors import ConfigError
 
@@ -32,6 +33,7 @@ __all__ = [
     "LifecycleSettings",
     "DestinationSettings",
     "PrefetchSettings",
+    "is_loopback",
 ]
 
 CONFIG_NAME = "ilm.toml"
@@ -144,19 +146,83 @@ class DicomSettings(_Strict):
     # C-GET/C-MOVE of a study being restored from an archive tier: wait up to
     # this long for the restore, then fail with a status saying so.
     retrieve_wait_seconds: float = Field(0.0, ge=0)
+    # Access control (docs/security.md): associations from other calling AE titles
+    # or other addresses are rejected (A-ASSOCIATE-RJ). Empty: allow all.
+    allowed_calling_aets: list[str] = []
+    allowed_hosts: list[str] = []      # IP addresses or networks: "10.0.0.5", "10.1.0.0/16"
+    # DICOM over TLS on ``port`` (PS3.15 B.9): certificate and key (PEM); with
+    # tls_ca, peers must present a certificate signed by that CA.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
-        if not v.strip() or "\\" in v or any(ord(c) < 32 for c in v):
-            raise ValueError("an AE title is 1-16 printable characters without backslash")
-        return v.strip()
+        return _ae_title(v)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, v: list[str]) -> list[str]:
+        return [_ae_title(a) for a in v]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for h in v:
+            try:
+                ipaddress.ip_network(h.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{h!r} is not an IP address or network such as '10.0.0.5' or '10.1.0.0/16'") from None
+        return [h.strip() for h in v]
+
+    @model_validator(mode="after")
+    def _tls(self) -> "DicomSettings":
+        _tls_pair(self.tls_cert, self.tls_key)
+        if self.tls_ca and not self.tls_cert:
+            raise ValueError("tls_ca (client certificates) needs tls_cert and tls_key")
+        return self
+
+
+def _ae_title(v: str) -> str:
+    if not v.strip() or len(v.strip()) > 16 or "\\" in v or any(ord(c) < 32 for c in v):
+        raise ValueError(f"{v!r}: an AE title is 1-16 printable characters without backslash")
+    return v.strip()
+
+
+def _tls_pair(cert: str, key: str) -> None:
+    if bool(cert) != bool(key):
+        raise ValueError("tls_cert and tls_key go together: give both or neither")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 class HttpSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_request_bytes: int = Field(2 * 1024**3, gt=0)
+    # API tokens and roles on every route but /health (docs/security.md). On by
+    # default, also on loopback; false is refused unless host is a loopback address.
+    auth: bool = True
+    # HTTPS: certificate (chain) and key, PEM.
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @model_validator(mode="after")
+    def _checks(self) -> "HttpSettings":
+        _tls_pair(self.tls_cert, self.tls_key)
+        if not self.auth and not is_loopback(self.host):
+            raise ValueError(f"auth = false is only allowed when http.host is a loopback address, not {self.host!r}: "
+                             "anyone on the network could read and change the archive")
+        return self
 
 
 class LifecycleSettings(_Strict):
@@ -232,6 +298,7 @@ maximum_pdu_size = 0    # 0 = unlimited, several times faster for large images
 [http]
 host = "127.0.0.1"
 port = 8080
+auth = true             # API tokens required (ilm tokens create); see docs/security.md
 
 [lifecycle]
 quarantine_days = 30          # expired studies stay restorable this long before purge may delete them

@@ -9,6 +9,8 @@ file, key, UID or tier) so that front-ends can print it unchanged.
     ├── RejectedInstance      a dataset that cannot be stored (not DICOM, no UIDs ...)
     ├── InvalidQuery          a query (C-FIND identifier, QIDO-RS parameters) that cannot run
     ├── PolicyError           a policy file with errors (ilm.policy.errors; lists each with file:line)
+    ├── Unauthenticated       no API token, or one unknown, revoked or expired (HTTP 401)
+    ├── Forbidden             a valid token whose role is too low for the request (HTTP 403)
     ├── CatalogError          the catalog cannot be opened or migrated
     │   └── NotFound          no such study / series / instance
     └── StorageError          a tier failed (I/O error, S3 down, ...)
@@ -27,6 +29,8 @@ __all__ = [
     "InvalidUID",
     "RejectedInstance",
     "InvalidQuery",
+    "Unauthenticated",
+    "Forbidden",
     "CatalogError",
     "NotFound",
     "StorageError",
@@ -60,6 +64,14 @@ class RejectedInstance(IlmError):
 
 class InvalidQuery(IlmError, ValueError):
     """A query with an unknown level or attribute, or a value that cannot match."""
+
+
+class Unauthenticated(IlmError):
+    """A request without a valid API token; the message says what was wrong with it."""
+
+
+class Forbidden(IlmError):
+    """A valid token whose role does not include the one the request needs."""
 
 
 class CatalogError(IlmError):

@@ -54,6 +54,9 @@ from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
+from ilm.policy.durations import Period
+from ilm.security.roles import Principal
+from ilm.security.tokens import TokenRow, TokenStore
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -129,6 +132,7 @@ class ArchiveService:
         self.spill = Spill(settings, self.catalog, self.tier)  # ingest tier full: the next tier down
         self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
         self._restore_lock = threading.Lock()
+        self._tokens = TokenStore(self.catalog)  # API tokens (ilm.security)
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveService":
@@ -598,3 +602,20 @@ class ArchiveService:
                                                         policy=source, approved_by=by)
             out.append((wp, report))
         return out
+
+    # -- API tokens and roles (ilm.security) ------------------------------------
+
+    def token_create(self, name: str, role: str, *, expires: Period | None, by: str) -> tuple[TokenRow, str]:
+        """A new API token: its row and the token, shown once (only its SHA-256 is kept)."""
+        return self._tokens.create(name, role, expires=expires, by=by)
+
+    def tokens(self, *, include_revoked: bool = False) -> list[TokenRow]:
+        return self._tokens.rows(include_revoked=include_revoked)
+
+    def token_revoke(self, ref: str, *, by: str) -> list[TokenRow]:
+        """Revoke the token with ID ``ref``, or the tokens named ``ref`` (NotFound: none)."""
+        return self._tokens.revoke(ref, by=by)
+
+    def authenticate(self, token: str) -> Principal:
+        """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired."""
+        return self._tokens.authenticate(token)

@@ -23,6 +23,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
     "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log", "restores",
+    "api_tokens",
 ]
 
 metadata = MetaData(
@@ -316,4 +317,22 @@ restores = Table(
     Column("detail", Text, nullable=False, server_default=""),
     Index("ix_restores_study", "study_uid"),
     Index("ix_restores_state", "state"),
+)
+
+# -- API tokens (migration 0006) ----------------------------------------------
+
+# Only the SHA-256 of a token is stored (ilm.security.roles says why that is enough).
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),  # viewer | operator | approver | admin
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("created_at", TS, nullable=False),
+    Column("created_by", String(128), nullable=False, server_default=""),
+    Column("expires_at", TS),
+    Column("revoked_at", TS),
+    Column("last_used_at", TS),
+    Index("ix_api_tokens_name", "name"),
 )

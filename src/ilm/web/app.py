@@ -9,6 +9,23 @@ Routes:
     GET  /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]][/metadata]  WADO-RS (ilm.web.wado)
     GET  /dicomweb/studies, /series, /instances (and under a study or series)  QIDO-RS (ilm.web.qido)
 
+Access control (ilm.web.auth, docs/security.md): EVERY route declares the
+role it needs, with a dependency on the route or on its router:
+
+    router = APIRouter(prefix="/api/things", dependencies=[require("viewer")])
+    @router.post("/{id}/approve", dependencies=[require("approver")])
+
+Roles, each including the ones before it: viewer (query, read), operator
+(store, plans, holds), approver (apply, purge, restore), admin (config, keys,
+tokens). Only the paths in ``ilm.web.auth.PUBLIC`` (/health and the API
+description) go without; tests/test_auth.py fails for any other route that
+declares no role. Auth is on unless ``[http] auth = false`` (loopback only)
+or ``create_app(service, auth=False)``; tests of a route's behaviour use the
+latter, tests of who may call it give tokens.
+
+Roles here: STOW-RS operator; QIDO-RS, WADO-RS and GET /api/restores viewer;
+POST /api/restores approver.
+
 Thin: a handler reads the request, calls the service and writes the answer;
 the protocol details live in ``ilm.web.stow``. The body is read and split
 as it streams in (bounded by ``http.max_request_bytes``); the blocking
@@ -27,6 +44,7 @@ from starlette.requests import ClientDisconnect
 
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
+from ilm.web.auth import require
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
 from ilm.web.qido import qido_router
@@ -65,11 +83,12 @@ def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str
     return results
 
 
-def create_app(service: ArchiveService, *, max_request_bytes: int | None = None) -> FastAPI:
-    """The ilm HTTP app bound to ``service`` (body limit from its settings unless given)."""
+def create_app(service: ArchiveService, *, max_request_bytes: int | None = None, auth: bool | None = None) -> FastAPI:
+    """The ilm HTTP app bound to ``service`` (body limit and ``auth`` from its settings unless given)."""
     limit = max_request_bytes or service.settings.http.max_request_bytes
     app = FastAPI(title="ilm", summary="Image lifecycle management: DICOMweb front-end", docs_url="/docs")
     app.state.service = service
+    app.state.auth = service.settings.http.auth if auth is None else auth
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -105,12 +124,12 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None)
         body: Any = store_response(results, base, study_uid)
         return DicomJSONResponse(body, status_code=http_status(results, study_uid))
 
-    @app.post("/dicomweb/studies")
+    @app.post("/dicomweb/studies", dependencies=[require("operator")])
     async def stow_studies(request: Request) -> Response:
         """STOW-RS: store the instances of a multipart/related; type="application/dicom" body."""
         return await stow(request, None)
 
-    @app.post("/dicomweb/studies/{study}")
+    @app.post("/dicomweb/studies/{study}", dependencies=[require("operator")])
     async def stow_study(study: str, request: Request) -> Response:
         """STOW-RS to one study: instances of any other study are refused."""
         return await stow(request, study)

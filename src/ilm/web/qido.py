@@ -50,6 +50,7 @@ from pydicom.dataset import Dataset
 
 from ilm.errors import CatalogError, InvalidQuery
 from ilm.service import ArchiveService
+from ilm.web.auth import require
 
 __all__ = ["qido_router", "MAX_RESULTS", "DEFAULT_FIELDS"]
 
@@ -234,7 +235,7 @@ def _retrieve_url(base: str, level: str, row: dict[str, Any]) -> str:
 
 def qido_router(service: ArchiveService, *, max_results: int = MAX_RESULTS) -> APIRouter:
     """The QIDO-RS routes over ``service`` (at most ``max_results`` results per request)."""
-    router = APIRouter()
+    router = APIRouter(dependencies=[require("viewer")])
     search = _Search(service, max_results)
 
     # Plain (not async) functions: FastAPI runs them in its threadpool, off the event loop.

@@ -10,6 +10,8 @@ expired | online), "archive_tier", "target_tier", "requested_by",
 "requested_at", "ready_at", "completed_at", "expires_at", "retry_after"
 (seconds, null when a new request is needed), "detail", "id"}.
 
+Roles (ilm.web.auth): POST needs approver, GET viewer.
+
 Errors: 404 an unknown study (nothing is requested), 422 a malformed body,
 503 an archive store that cannot be reached, 409 a configuration without a
 tier to restore to.
@@ -27,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from ilm.errors import ConfigError, IlmError, NotFound, StorageError
 from ilm.service import ArchiveService
+from ilm.web.auth import principal, require
 
 __all__ = ["router", "RestoreRequest"]
 
@@ -51,11 +54,15 @@ def _json(s: Any) -> dict[str, Any]:
     return d
 
 
-@router.post("/restores", status_code=202)
+@router.post("/restores", status_code=202, dependencies=[require("approver")])
 def post_restores(body: RestoreRequest, request: Request) -> JSONResponse:
     """Start restores of studies from their archive tier (duplicates join the restore under way)."""
     client = request.client.host if request.client else "?"
-    who = body.requested_by or f"rest:{client}"
+    caller = principal(request)
+    if caller.token_id is not None:  # the token vouches for who asks; requested_by only adds to it
+        who = f"{body.requested_by} ({caller.who})" if body.requested_by else caller.who
+    else:
+        who = body.requested_by or f"rest:{client}"
     try:
         statuses = _service(request).recall(body.study_uids, who)
     except NotFound as exc:
@@ -73,7 +80,7 @@ def post_restores(body: RestoreRequest, request: Request) -> JSONResponse:
     return JSONResponse({"restores": [_json(s) for s in statuses]}, status_code=202, headers=headers)
 
 
-@router.get("/restores")
+@router.get("/restores", dependencies=[require("viewer")])
 def get_restores(request: Request, all_: bool = Query(False, alias="all"),
                  study_uid: list[str] | None = Query(None)) -> JSONResponse:
     """Restores, newest first: those under way or ready (all=true: also failed and expired ones)."""

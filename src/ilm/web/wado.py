@@ -53,12 +53,13 @@ from starlette.concurrency import run_in_threadpool
 from ilm.errors import IlmError, NotReady, StorageError
 from ilm.readahead import read_ahead
 from ilm.service import ArchiveService
+from ilm.web.auth import require
 
 __all__ = ["router", "acceptable_syntaxes", "NotAcceptable", "dataset_json"]
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/dicomweb", tags=["wado-rs"])
+router = APIRouter(prefix="/dicomweb", tags=["wado-rs"], dependencies=[require("viewer")])
 
 DICOM_JSON = "application/dicom+json"
 BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
