@@ -112,3 +112,7 @@ class NotReady(StorageError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NothingToApply(IlmError):
+    """A plan has no pending or failed action left (applied already, or empty)."""

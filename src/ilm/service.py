@@ -28,8 +28,10 @@ from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
 from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
 from ilm.errors import (
-    IlmError, IntegrityError, NotFound, NotReady, ObjectNotFound, RejectedInstance, StorageError, TierFull,
+    IlmError, IntegrityError, NothingToApply, NotFound, NotReady, ObjectNotFound, RejectedInstance, StorageError,
+    TierFull,
 )
+from ilm.jobs import ApplyJobs, ApplyProgress
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
@@ -133,6 +135,9 @@ class ArchiveService:
         self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
         self._restore_lock = threading.Lock()
         self._tokens = TokenStore(self.catalog)  # API tokens (ilm.security)
+        # Applies started over HTTP run in the background; their progress is polled (ilm.jobs).
+        self.apply_jobs = ApplyJobs(lambda plan_id, by, progress: self.apply(plan_id, approved_by=by,
+                                                                              progress=progress))
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveService":
@@ -500,6 +505,28 @@ class ArchiveService:
         source = self.read_policy(Path(plan.policy_path))
         return apply_plan(self.catalog, self.settings, self.tier, plan_id, source, approved_by=approved_by,
                           progress=progress)
+
+    def apply_start(self, plan_id: str, *, approved_by: str) -> ApplyProgress:
+        """Start applying a plan in the background (REST API, dashboard); poll ``apply_progress``.
+
+        NotFound for an unknown plan; NothingToApply for one without a pending
+        or failed action. A start while the plan's apply runs returns that apply.
+        The apply itself re-checks everything ``ilm apply`` does.
+        """
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r} (see 'ilm plan list')")
+        running = self.apply_jobs.status(plan_id)
+        if running is not None and running.running:
+            return running
+        pending = sum(1 for a in self.plan_actions(plan_id) if a.state in ("pending", "failed"))
+        if pending == 0:
+            raise NothingToApply(f"plan {plan_id} is {plan.state}: no pending or failed action left to apply")
+        return self.apply_jobs.start(plan_id, approved_by, pending)
+
+    def apply_progress(self, plan_id: str) -> ApplyProgress | None:
+        """Progress of the background apply of ``plan_id`` in this process (None: none was started here)."""
+        return self.apply_jobs.status(plan_id)
 
     def recover(self) -> RecoveryReport:
         """Finish or roll back moves a crash interrupted."""
