@@ -33,6 +33,7 @@ __all__ = [
     "LifecycleSettings",
     "DestinationSettings",
     "PrefetchSettings",
+    "FixitySettings",
     "is_loopback",
 ]
 
@@ -72,6 +73,13 @@ class _TierCommon(_Strict):
     expected_daily_gb: float = Field(0.0, ge=0)  # arrivals to keep room for (dcm4chee style)
     # Store a whole study as one object with an index (cold object/archive tiers).
     pack_studies: bool = False
+    # Encryption at rest (docs/security.md): "envelope" = AES-256-GCM with a data
+    # key per object, wrapped by a master key of the key ring in key_file.
+    encryption: Literal["none", "envelope"] = "none"
+    key_file: str = "keyring.toml"
+    # Keep a second copy of every instance stored here on these tiers (replica
+    # tiers: repair sources for fixity checks; never lifecycle targets). See docs/security.md.
+    replicas: list[str] = []
 
     @field_validator("high_watermark", "low_watermark")
     @classmethod
@@ -245,6 +253,15 @@ class LifecycleSettings(_Strict):
         return v
 
 
+class FixitySettings(_Strict):
+    """Fixity checks (ilm verify) and the continuous scrub of ilm serve (docs/security.md)."""
+
+    scrub_mb_per_s: float = Field(default=20.0, ge=0)     # the scrub's read rate; 0 = no scrub in ilm serve
+    scrub_interval_days: int = Field(default=30, ge=1)    # re-check each copy at most this often
+    verify_mb_per_s: float = Field(default=0.0, ge=0)     # ilm verify's default rate; 0 = no limit
+    workers: int = Field(default=4, ge=1, le=64)          # parallel reads
+
+
 class Settings(_Strict):
     home: Path
     config_file: Path | None = None
@@ -253,7 +270,18 @@ class Settings(_Strict):
     dicom: DicomSettings = DicomSettings()
     http: HttpSettings = HttpSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    fixity: FixitySettings = FixitySettings()
     tiers: dict[str, TierSettings] = Field(min_length=1)
+
+    @property
+    def replica_tiers(self) -> frozenset[str]:
+        """Tiers named in some tier's ``replicas``: they hold replica copies only."""
+        return frozenset(r for t in self.tiers.values() for r in t.replicas)
+
+    @property
+    def lifecycle_tiers(self) -> list[str]:
+        """The tiers studies live and move on, hottest first (every tier but the replica tiers)."""
+        return [n for n in self.tiers if n not in self.replica_tiers]
 
     @property
     def catalog_url(self) -> str:
@@ -423,4 +451,24 @@ def load_settings(
             f"{path}: key 'ingest.tier': no tier named {settings.ingest.tier!r} "
             f"(tiers: {', '.join(settings.tiers)})"
         )
+    _check_replicas(path, settings)
     return settings
+
+
+def _check_replicas(path: Path, settings: Settings) -> None:
+    """A replica tier exists, is online and whole-object, and holds replicas only."""
+    for name, t in settings.tiers.items():
+        for r in t.replicas:
+            key = f"{path}: key 'tiers.{name}.replicas'"
+            if r not in settings.tiers:
+                raise ConfigError(f"{key}: no tier named {r!r} (tiers: {', '.join(settings.tiers)})")
+            rt = settings.tiers[r]
+            if r == name:
+                raise ConfigError(f"{key}: a tier cannot be its own replica")
+            if rt.archive or rt.pack_studies:
+                raise ConfigError(f"{key}: replica tier {r!r} must be an online tier storing one object per "
+                                  "instance (not archive, not pack_studies)")
+            if rt.replicas:
+                raise ConfigError(f"{key}: replica tier {r!r} has replicas of its own (one level only)")
+    if settings.ingest_tier in settings.replica_tiers:
+        raise ConfigError(f"{path}: key 'ingest.tier': {settings.ingest_tier!r} is a replica tier")

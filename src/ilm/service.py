@@ -56,6 +56,9 @@ from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
+from ilm.fixity import VerifyReport, verify as fixity_verify
+from ilm.fixity.replicas import Replicator
+from ilm.fixity.scrub import FixityStatus, Scrubber, fixity_status
 from ilm.policy.durations import Period
 from ilm.security.roles import Principal
 from ilm.security.tokens import TokenRow, TokenStore
@@ -134,6 +137,8 @@ class ArchiveService:
         self.spill = Spill(settings, self.catalog, self.tier)  # ingest tier full: the next tier down
         self.clock: Callable[[], datetime] = _now  # restores: tests set another clock
         self._restore_lock = threading.Lock()
+        self.replicas = Replicator(settings, self.catalog, self.tier)  # the ``replicas`` tier option (ilm.fixity)
+        self.scrub = Scrubber(self.catalog, settings, self.tier)  # ilm serve starts it
         self._tokens = TokenStore(self.catalog)  # API tokens (ilm.security)
         # Applies started over HTTP run in the background; their progress is polled (ilm.jobs).
         self.apply_jobs = ApplyJobs(lambda plan_id, by, progress: self.apply(plan_id, approved_by=by,
@@ -145,6 +150,7 @@ class ArchiveService:
 
     def close(self) -> None:
         self.promotions.stop()
+        self.scrub.stop()
         try:
             self.access.close()
         finally:
@@ -270,6 +276,8 @@ class ArchiveService:
                     self._discard(tier, key)
                 assert known is not None
                 return self._known(f, blob, sha, known, base)
+        if self.replicas.wanted:  # the tier's replicas, written now (ilm.fixity.replicas)
+            self.replicas.on_stored(tier_name, key, blob, sha, f.sop_instance_uid)
         self.promotions.on_stored(f.study_instance_uid)  # a new study: prefetch its priors (when configured)
         return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
 
@@ -464,7 +472,7 @@ class ArchiveService:
 
     def read_policy(self, path: Path) -> PolicySource:
         """Parse a policy file against this archive's tiers (PolicyError on any problem)."""
-        return read_policy(path, list(self.settings.tiers))
+        return read_policy(path, self.settings.lifecycle_tiers)  # replica tiers are no policy target
 
     def plan(self, policy: Path, *, as_of: date, by: str, store: bool = True,
              progress: Callable[[int], None] | None = None) -> PlanResult:
@@ -598,6 +606,26 @@ class ArchiveService:
         with self._restore_lock:
             return restore_flow.process_restores(self.catalog, self.settings, self.tier, self.clock(),
                                                  workers=self.settings.lifecycle.move_workers)
+
+    # -- fixity (ilm.fixity) -----------------------------------------------------
+
+    def verify(self, *, tier: str | None = None, study_uid: str | None = None, sample_percent: float = 100.0,
+               seed: int | None = None, include_archive: bool = False, mb_per_s: float | None = None,
+               repair: bool = True, by: str = "ilm-verify",
+               on_start: Callable[[int, int], None] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Re-read copies and check their SHA-256 against the catalog; mark, audit and
+        repair bad or missing ones; write missing replicas (see ilm.fixity.verify)."""
+        from ilm.lifecycle.limits import RateLimiter
+
+        rate = self.settings.fixity.verify_mb_per_s if mb_per_s is None else mb_per_s
+        return fixity_verify(self.catalog, self.settings, self.tier, tier=tier, study_uid=study_uid,
+                             sample_percent=sample_percent, seed=seed, include_archive=include_archive,
+                             limiter=RateLimiter(rate), repair=repair, actor=by, on_start=on_start, progress=progress)
+
+    def fixity_status(self) -> FixityStatus:
+        """Copies by fixity state, how many are due, and the scrub's progress."""
+        return fixity_status(self.catalog, self.settings, self.scrub, self.clock())
 
     # -- capacity watermarks (ilm.lifecycle.watermark) --------------------------
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, select, update
+from sqlalchemy import and_, bindparam, delete, exists, false, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -44,9 +44,10 @@ class InstanceCopy:
     state: str
 
 
-def study_copies(conn: Connection, study_uid: str) -> list[InstanceCopy]:
-    """Every copy of every instance of a study."""
-    rows = conn.execute(
+def study_copies(conn: Connection, study_uid: str, *, replicas: bool = True) -> list[InstanceCopy]:
+    """Every copy of every instance of a study (``replicas=False``: not the copies
+    on replica tiers, which moves leave alone)."""
+    q = (
         select(instances.c.id, instances.c.sop_uid, instances.c.sha256, instances.c.size_bytes,
                locations.c.tier, locations.c.object_key, locations.c.state)
         .join(locations, locations.c.instance_pk == instances.c.id)
@@ -54,6 +55,7 @@ def study_copies(conn: Connection, study_uid: str) -> list[InstanceCopy]:
         .where(studies.c.study_uid == study_uid)
         .order_by(instances.c.id, locations.c.tier)
     )
+    rows = conn.execute(q if replicas else q.where(locations.c.replica == false()))
     return [InstanceCopy(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
 
 
@@ -120,7 +122,8 @@ def refresh_study_tiers(conn: Connection, instance_pks: list[int]) -> None:
     for pk in study_pks:
         tiers = sorted({r[0] for r in conn.execute(
             select(locations.c.tier).join(instances, instances.c.id == locations.c.instance_pk)
-            .where(instances.c.study_pk == pk, locations.c.state == CopyState.VERIFIED.value).distinct())})
+            .where(instances.c.study_pk == pk, locations.c.state == CopyState.VERIFIED.value,
+                   locations.c.replica == false()).distinct())})
         conn.execute(update(studies).where(studies.c.id == pk).values(tiers="\\".join(tiers)))
 
 

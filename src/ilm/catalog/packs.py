@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, exists, false, func, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -74,9 +74,10 @@ class PackCopy:
         return self.pack_offset is not None
 
 
-def study_pack_copies(conn: Connection, study_uid: str) -> list[PackCopy]:
-    """Every copy of every instance of a study, with pack ranges."""
-    rows = conn.execute(
+def study_pack_copies(conn: Connection, study_uid: str, *, replicas: bool = True) -> list[PackCopy]:
+    """Every copy of every instance of a study, with pack ranges (``replicas=False``:
+    not the copies on replica tiers, which moves leave alone)."""
+    q = (
         select(instances.c.id, instances.c.sop_uid, series.c.series_uid, instances.c.sha256, instances.c.size_bytes,
                locations.c.tier, locations.c.object_key, locations.c.state, locations.c.pack_offset,
                locations.c.pack_length)
@@ -86,6 +87,7 @@ def study_pack_copies(conn: Connection, study_uid: str) -> list[PackCopy]:
         .where(studies.c.study_uid == study_uid)
         .order_by(instances.c.id, locations.c.tier)
     )
+    rows = conn.execute(q if replicas else q.where(locations.c.replica == false()))
     return [PackCopy(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], r[6], r[7],
                      None if r[8] is None else int(r[8]), None if r[9] is None else int(r[9])) for r in rows]
 

@@ -33,7 +33,7 @@ from ilm.lifecycle.limits import RateLimiter
 from ilm.models import CopyState
 from ilm.storage import ObjectExists, Tier
 
-__all__ = ["MoveResult", "move_study", "recover_moves", "RecoveryReport"]
+__all__ = ["MoveResult", "move_study", "recover_moves", "RecoveryReport", "put_verified"]
 
 BATCH = 128
 
@@ -64,12 +64,20 @@ def _copy_one(c: InstanceCopy, src: Tier, dst: Tier, limiter: RateLimiter) -> tu
     """
     data = src.get(c.key)
     limiter.take(len(data))
+    return put_verified(c, data, src.name, dst)
+
+
+def put_verified(c: InstanceCopy, data: bytes, src_name: str, dst: Tier) -> tuple[str, int]:
+    """Put ``data``, read from copy ``c`` on tier ``src_name``, at ``c.key`` on ``dst``
+    with the catalog's SHA-256, then check what ``dst`` holds: the copy step of a
+    move, also the copy step of a fixity repair. Returns (sha256 the destination
+    vouches for, size)."""
     try:
         dst.put(c.key, data, c.sha256)
     except ObjectExists:
         pass  # a copy from an interrupted run: verified below like any other
     except IntegrityError:
-        raise IntegrityError(f"tier {src.name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
+        raise IntegrityError(f"tier {src_name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
     held = dst.stat(c.key)
     if held.sha256 != c.sha256 or held.size != c.size:
         raise IntegrityError(f"tier {dst.name!r}: {c.key} holds other bytes than were written")
@@ -97,7 +105,7 @@ def move_study(
         return pack_move.move_study_packed(catalog, tiers, study_uid, dst_name, plan_id=plan_id, workers=workers,
                                            limiter=limiter, progress=progress)
     with catalog.read() as conn:
-        copies = study_copies(conn, study_uid)
+        copies = study_copies(conn, study_uid, replicas=False)  # replica copies stay (fixity)
     on_dst = {c.instance_pk for c in copies if c.tier == dst_name and c.state == CopyState.VERIFIED.value}
     # One verified source copy per instance that still has to move.
     todo: dict[int, InstanceCopy] = {}

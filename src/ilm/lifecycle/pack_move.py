@@ -221,7 +221,7 @@ def move_study_packed(
     result = MoveResult(study_uid, dst_name)
     dst = tiers(dst_name)
     with catalog.read() as conn:
-        copies = study_pack_copies(conn, study_uid)
+        copies = study_pack_copies(conn, study_uid, replicas=False)  # replica copies stay (fixity)
     verified = [c for c in copies if c.state == CopyState.VERIFIED.value]
     on_dst = {c.instance_pk: c for c in verified if c.tier == dst_name}
     todo: dict[int, PackCopy] = {}
@@ -379,7 +379,7 @@ def drop_study_copies(catalog: Catalog, tiers: Callable[[str], Tier], study_uid:
     another tier; a copy that is the last verified one is kept (and counted)."""
     result = DropResult(study_uid, tier)
     with catalog.read() as conn:
-        copies = study_pack_copies(conn, study_uid)
+        copies = study_pack_copies(conn, study_uid, replicas=False)  # replica copies stay (fixity)
     elsewhere: dict[int, str] = {}
     for c in copies:
         if c.tier != tier and c.state == CopyState.VERIFIED.value:
