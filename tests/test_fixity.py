@@ -336,3 +336,19 @@ create_bucket = true
         assert svc.verify().clean
     finally:
         svc.close()
+
+
+def test_replica_tiers_are_outside_the_lifecycle(tmp_path: Path) -> None:
+    """Listed last, a replica tier is still no next tier for cooling, watermarks or spill."""
+    from ilm.lifecycle.tiering import tier_roles
+    from ilm.lifecycle.watermark import _next_tier
+    from ilm.spill import lower_tiers
+
+    home = tmp_path / "home"
+    _config_with(home, f"sqlite:///{tmp_path / 'c.sqlite'}", replicas="mirror")
+    settings = load_settings(home=home, env={})
+    assert list(settings.tiers) == ["hot", "warm", "mirror"]
+    assert settings.lifecycle_tiers == ["hot", "warm"] and settings.replica_tiers == {"mirror"}
+    assert [r.name for r in tier_roles(settings)] == ["hot", "warm"]
+    assert _next_tier(settings, "warm") is None and _next_tier(settings, "hot") == "warm"
+    assert lower_tiers(settings, "hot") == ["warm"]

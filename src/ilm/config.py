@@ -61,6 +61,11 @@ class _TierCommon(_Strict):
     # retrieval_latency_seconds; the restored copy is kept restored_copy_days.
     archive: bool = False
     restored_copy_days: int = Field(7, ge=0)
+    # Immutability (WORM, docs/security.md): each copy written here is locked for
+    # retain_days from when it is written (S3 Object Lock; read-only files on a file
+    # system); ilm deletes no locked copy before its date.
+    worm: Literal["off", "governance", "compliance"] = "off"
+    retain_days: int = Field(0, ge=0, le=36500)
     # Access-based tiering: studies not read for cooling_days move to the next tier.
     cooling_days: int | None = Field(None, ge=1)
     # What a read of a study on this tier does: nothing, promote it to the
@@ -80,6 +85,14 @@ class _TierCommon(_Strict):
     # Keep a second copy of every instance stored here on these tiers (replica
     # tiers: repair sources for fixity checks; never lifecycle targets). See docs/security.md.
     replicas: list[str] = []
+
+    @model_validator(mode="after")
+    def _worm(self) -> "_TierCommon":
+        if self.worm == "off" and self.retain_days:
+            raise ValueError("retain_days needs worm = \"governance\" or \"compliance\"")
+        if self.worm != "off" and self.pack_studies:
+            raise ValueError("worm and pack_studies together are not supported (a packed study is rewritten by moves)")
+        return self
 
     @field_validator("high_watermark", "low_watermark")
     @classmethod

@@ -18,10 +18,13 @@ file, key, UID or tier) so that front-ends can print it unchanged.
         ├── IntegrityError    what the tier holds does not hash to what was written
         ├── TierUnavailable   the tier cannot be reached at all
         ├── TierFull          the tier has no room left (disk full, quota): ingest tries the next tier
+        ├── ObjectLocked      a WORM copy: its retention date has not passed, or a legal hold is on it
         └── NotReady          the data is on an archive tier and must be restored first
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 __all__ = [
     "IlmError",
@@ -38,6 +41,7 @@ __all__ = [
     "IntegrityError",
     "TierUnavailable",
     "TierFull",
+    "ObjectLocked",
     "NotReady",
 ]
 
@@ -100,6 +104,15 @@ class TierUnavailable(StorageError):
 
 class TierFull(StorageError):
     """The tier refused a write for lack of space (ENOSPC, quota exceeded)."""
+
+
+class ObjectLocked(StorageError):
+    """A delete refused because the copy is immutable (WORM) until ``until``
+    (None: a legal hold, or a date the store did not say)."""
+
+    def __init__(self, message: str, until: datetime | None = None) -> None:
+        super().__init__(message)
+        self.until = until
 
 
 class NotReady(StorageError):

@@ -86,6 +86,7 @@ class CopyState(str, enum.Enum):
     WRITING = "writing"      # a move is copying; not yet verified
     VERIFIED = "verified"    # the tier holds bytes whose SHA-256 matches
     DELETING = "deleting"    # committed elsewhere, being removed here
+    RETAINED = "retained"    # moved elsewhere, kept here until its WORM lock ends (then dropped)
     MISSING = "missing"      # a fixity check found it gone (ilm.fixity)
     BAD = "bad"              # a fixity check read other bytes than its SHA-256 (kept for forensics)
 

@@ -46,7 +46,7 @@ from ilm.catalog.retention import HoldRow, QuarantinedStudy, patient_key, quaran
 from ilm.lifecycle import retention
 from ilm.lifecycle.apply import ApplyReport, apply_plan
 from ilm.lifecycle.move import RecoveryReport, recover_moves
-from ilm.lifecycle import watermark
+from ilm.lifecycle import watermark, worm
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.lifecycle.promote import Promoter
 from ilm.lifecycle.tiering import TIERING_POLICY
@@ -259,8 +259,9 @@ class ArchiveService:
                 )
             try:
                 with self.catalog.write() as conn:
-                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=_now(),
-                                               patient_cache=self._patient_pks)
+                    now = _now()
+                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=now,
+                                               patient_cache=self._patient_pks, lock=worm.tier_lock(tier, now))
             except SQLAlchemyError as exc:
                 if wrote:
                     self._discard(tier, key)
@@ -441,10 +442,28 @@ class ArchiveService:
         return patient_key(patient_id, issuer)
 
     def hold_add(self, scope: str, target: str, reason: str, by: str) -> int:
-        return retention.place_hold(self.catalog, scope, target, reason, by)
+        """Place a hold; on WORM S3 tiers, its studies' objects get an Object Lock legal hold.
+        StorageError (the hold is placed all the same) when the store refused some."""
+        hold_id = retention.place_hold(self.catalog, scope, target, reason, by)
+        self._mirror_holds(worm.covered_studies(self.catalog, scope, target), f"hold {hold_id} placed")
+        return hold_id
 
     def hold_remove(self, hold_id: int, by: str) -> HoldRow:
-        return retention.lift_hold(self.catalog, hold_id, by)
+        """Release a hold; S3 legal holds are cleared on objects of studies no other hold covers."""
+        row = retention.lift_hold(self.catalog, hold_id, by)
+        self._mirror_holds(worm.covered_studies(self.catalog, row.scope, row.target), f"hold {hold_id} released")
+        return row
+
+    def hold_sync(self) -> worm.MirrorReport:
+        """Set the S3 legal hold of every study any hold ever covered to what ilm's holds say now."""
+        uids = [u for h in self.holds(active_only=False) for u in worm.covered_studies(self.catalog, h.scope, h.target)]
+        return worm.mirror_holds(self.catalog, self.settings, self.tier, uids)
+
+    def _mirror_holds(self, study_uids: list[str], done: str) -> None:
+        report = worm.mirror_holds(self.catalog, self.settings, self.tier, study_uids)
+        if report.problems:
+            raise StorageError(f"{done} in the catalog, but the S3 legal hold could not be set on "
+                               f"{len(report.problems)} objects ({report.problems[0]}); run 'ilm hold sync'")
 
     def holds(self, *, active_only: bool = True) -> list[HoldRow]:
         return retention.holds(self.catalog, active_only=active_only)
@@ -460,7 +479,13 @@ class ArchiveService:
             return quarantined_studies(conn, due_by=datetime.now(timezone.utc))
 
     def purge(self, by: str, progress: Callable[[str], None] | None = None) -> retention.PurgeReport:
-        return retention.purge(self.catalog, self.tier, by=by, progress=progress)
+        """Purge what is past quarantine (not what a WORM lock still holds), and drop the
+        copies moves kept for a lock that has ended."""
+        now = self.clock()
+        report = retention.purge(self.catalog, self.tier, by=by, now=now, progress=progress)
+        released = worm.drop_released(self.catalog, self.tier, now)
+        report.released, report.problems = released.dropped, report.problems + released.problems
+        return report
 
     def audit(self, *, study_uid: str | None = None, plan_id: str | None = None) -> list[audit_chain.AuditEntry]:
         with self.catalog.read() as conn:

@@ -38,7 +38,7 @@ log = logging.getLogger("ilm.ingest")
 
 def lower_tiers(settings: Settings, tier: str) -> list[str]:
     """The tiers below ``tier`` that may take new instances (not archive tiers), in order."""
-    names = list(settings.tiers)
+    names = settings.lifecycle_tiers  # never a replica tier (ilm.fixity.replicas)
     below = names[names.index(tier) + 1:] if tier in names else []
     return [n for n in below if not settings.tiers[n].archive]
 

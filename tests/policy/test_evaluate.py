@@ -306,7 +306,8 @@ def test_explain_traces_every_rule_and_protection() -> None:
     # later rules are evaluated for explain but marked as not reached
     assert ct.outcome is Outcome.MATCH and not ct.reached
     assert [c.protection for c in d.protections] == [
-        "legal_hold", "mammography", "pediatric", "minimum_retention", "recently_accessed", "unknown_facts"]
+        "legal_hold", "worm_lock", "mammography", "pediatric", "minimum_retention", "recently_accessed",
+        "unknown_facts"]
 
 
 def test_plan_mode_carries_no_trace() -> None:

@@ -178,7 +178,7 @@ def test_default_protections_are_all_on() -> None:
     p = parse_policy("rules: []\n", known_tiers=TIERS)
     assert p.protections.disabled() == ()
     assert all(": on (" in line for line in p.protections.summary())
-    assert len(p.protections.summary()) == 6
+    assert len(p.protections.summary()) == 7
 
 
 def test_protection_settings_are_read() -> None:

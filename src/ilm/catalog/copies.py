@@ -78,16 +78,19 @@ _MARK_SOURCE = (
 )
 
 
-def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]], dst: str, now: datetime) -> None:
+def commit_moves(conn: Connection, done: list[tuple[int, InstanceCopy, str, int]], dst: str, now: datetime,
+                 lock: tuple[str, datetime] | None = None) -> None:
     """Record verified copies on ``dst`` and mark their sources for deletion.
 
-    ``done`` holds (move id, source copy, sha256 the destination vouched for, size).
+    ``done`` holds (move id, source copy, sha256 the destination vouched for, size);
+    ``lock`` the (mode, retain-until) of copies on a WORM ``dst``.
     """
     if not done:
         return
     conn.execute(locations.insert(), [
         dict(instance_pk=c.instance_pk, tier=dst, object_key=c.key, size_bytes=size, sha256=c.sha256,
-             state=CopyState.VERIFIED.value, created_at=now, verified_at=now)
+             state=CopyState.VERIFIED.value, created_at=now, verified_at=now,
+             lock_mode=lock[0] if lock else None, retain_until=lock[1] if lock else None)
         for _m, c, _sha, size in done
     ])
     conn.execute(_MARK_SOURCE, [{"ipk": c.instance_pk, "src": c.tier} for _m, c, _s, _z in done])

@@ -1,7 +1,8 @@
 """The catalog adapter of policy evaluation: catalog rows -> StudyFacts, PatientFacts.
 
-Reads every study once, in pages, with the holds and the tiers that hold
-verified copies. Patient facts are derived from all of a patient's studies,
+Reads every study once, in pages, with the holds, the tiers that hold
+verified copies and the latest retain-until of its WORM copies. Patient
+facts are derived from all of a patient's studies,
 quarantined ones included (a later study still counts as an encounter).
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from ilm.catalog.locks import study_locks
 from ilm.catalog.retention import list_holds, patient_key
 from ilm.catalog.schema import patients, studies
 from ilm.policy.facts import Hold, HoldScope, PatientFacts, StudyFacts, patient_facts_from_studies, split_multi
@@ -67,6 +69,7 @@ def load_policy_inputs(conn: Connection, study_uids: list[str] | None = None) ->
         hold = Hold(scope=HoldScope(h.scope), reason=h.reason, placed_by=h.created_by, placed_at=h.created_at)
         (study_holds if h.scope == "study" else patient_holds)[h.target].append(hold)
     only = set(study_uids) if study_uids is not None else None
+    locks = study_locks(conn, study_uids)  # WORM copies: their latest retain-until
     everything: list[StudyFacts] = []
     active: list[StudyFacts] = []
     for facts, state in _iter_rows(conn, study_uids):
@@ -74,6 +77,8 @@ def load_policy_inputs(conn: Connection, study_uids: list[str] | None = None) ->
         if state == "active" and (only is None or facts.study_uid in only):
             if facts.study_uid in study_holds:
                 facts = replace(facts, holds=tuple(study_holds[facts.study_uid]))
+            if facts.study_uid in locks:
+                facts = replace(facts, locked_until=locks[facts.study_uid])
             active.append(facts)
     wanted = {s.patient_key for s in active}
     pats = patient_facts_from_studies(

@@ -43,7 +43,8 @@ How the SQL stays exact:
   to the pure path).
 - **No reason text is made in SQL.** A protection that covers an expiry (or
   cannot tell), a rule that is UNKNOWN, a legal hold on the study or its
-  patient: the study is evaluated by the pure code, which writes the
+  patient, an expiry of a study with a WORM copy locked on or after the plan's
+  date: the study is evaluated by the pure code, which writes the
   reasons. What the fast path states itself is the matched rule's plain
   outcome ("move to warm", "already on warm", "expire", "kept by rule R")
   and "no rule matched", as :func:`ilm.policy.evaluate` words them.
@@ -89,8 +90,9 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from ilm.catalog.plans import _MULTI as _MULTI_TIER  # the same "held on several tiers" as the plan's cost
 from ilm.catalog.plans import study_tier_bytes
+from ilm.catalog.locks import study_locks
 from ilm.catalog.retention import list_holds, patient_key
-from ilm.catalog.schema import holds, patients, plan_actions, plans, studies
+from ilm.catalog.schema import holds, instances, locations, patients, plan_actions, plans, studies
 from ilm.policy.conditions import (
     AgeCondition,
     AnyCondition,
@@ -805,7 +807,8 @@ _FACT_COLUMNS = (
 )
 
 
-def _study_facts(r: Any, study_holds: dict[str, tuple[Hold, ...]]) -> StudyFacts:
+def _study_facts(r: Any, study_holds: dict[str, tuple[Hold, ...]],
+                 locks: dict[str, datetime] | None = None) -> StudyFacts:
     """A study row as ilm.catalog.facts builds it."""
     return StudyFacts(
         study_uid=r.study_uid, patient_key=patient_key(r.patient_id, r.issuer), patient_id=r.patient_id,
@@ -819,6 +822,7 @@ def _study_facts(r: Any, study_holds: dict[str, tuple[Hold, ...]]) -> StudyFacts
         instance_count=int(r.instance_count), labels=split_multi(r.labels), tiers=split_multi(r.tiers),
         received_at=r.received_at, last_accessed_at=r.last_accessed_at,
         holds=study_holds.get(r.study_uid, ()),
+        locked_until=(locks or {}).get(r.study_uid),
     )
 
 
@@ -855,7 +859,20 @@ class SqlPlan:
         held = self._held_ids()
         for i in range(0, len(held), _FETCH):
             conn.execute(update(_codes).where(_codes.c.id.in_(held[i:i + _FETCH])).values(code=-1))
+        self._locked_expiries()
         self.sql_decided = int(conn.execute(select(func.count()).where(_codes.c.code > 0)).scalar_one())
+
+    def _locked_expiries(self) -> None:
+        """An expiry of a study with a WORM copy locked on or after the plan's date: the pure code
+        decides (the worm_lock protection names the date)."""
+        rules = self.compiled.policy.rules
+        expiring = [k + 1 for k, r in enumerate(rules) if r.action is Action.EXPIRE]
+        if not expiring:
+            return
+        start = datetime.combine(self.compiled.as_of, time.min, tzinfo=timezone.utc)
+        locked = (select(instances.c.study_pk).join(locations, locations.c.instance_pk == instances.c.id)
+                  .where(locations.c.retain_until >= start))
+        self.conn.execute(update(_codes).where(_codes.c.code.in_(expiring), _codes.c.id.in_(locked)).values(code=-1))
 
     def _held_ids(self) -> list[int]:
         """Active studies with a hold on them or on their patient: the pure code decides (and counts the holds)."""
@@ -976,8 +993,9 @@ class SqlPlan:
                 select(*_FACT_COLUMNS).join(patients, patients.c.id == studies.c.patient_pk)
                 .where(studies.c.id.in_(chunk)).order_by(studies.c.id)))
             pats = self._patients(sorted({r.patient_pk for r in rows}))
+            locks = study_locks(self.conn, [r.study_uid for r in rows])
             for r in rows:
-                facts = _study_facts(r, self.study_holds)
+                facts = _study_facts(r, self.study_holds, locks)
                 yield evaluate(policy, facts, pats.get(facts.patient_key), as_of), facts
 
     def _patients(self, pks: list[int]) -> dict[str, PatientFacts]:

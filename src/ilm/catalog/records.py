@@ -88,13 +88,14 @@ def record_instance(
     key: str,
     now: datetime,
     patient_cache: dict[tuple[str, str], int] | None = None,
+    lock: tuple[str, datetime] | None = None,
 ) -> bool:
     """Catalog one stored instance and its verified copy on ``tier``.
 
     Returns False, changing nothing, when the SOP Instance UID is already
     catalogued (a concurrent store won the race). Runs inside the caller's
     transaction. ``patient_cache`` may carry patient ids between calls:
-    patient rows are never deleted.
+    patient rows are never deleted. ``lock``: (mode, retain-until) of a copy on a WORM tier.
     """
     study = conn.execute(_STUDY_ROW, {"uid": f.study_instance_uid}).first()
     if study is None:
@@ -167,6 +168,8 @@ def record_instance(
             state=CopyState.VERIFIED.value,
             created_at=now,
             verified_at=now,
+            lock_mode=lock[0] if lock else None,
+            retain_until=lock[1] if lock else None,
         ),
     )
     conn.execute(

@@ -154,6 +154,10 @@ locations = Table(
     Column("replica", Boolean, nullable=False, server_default=false()),
     Column("problem", Text),
     Column("problem_at", TS),
+    # A copy on a WORM tier (migration 0008): locked by the tier until retain_until
+    # (lock_mode governance | compliance); no ilm path deletes it before then.
+    Column("retain_until", TS),
+    Column("lock_mode", String(16)),
     UniqueConstraint("instance_pk", "tier", name="uq_locations_instance_tier"),
     Index("ix_locations_tier_state", "tier", "state"),
     Index("ix_locations_verified_at", "verified_at"),

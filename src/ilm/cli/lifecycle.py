@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
-from ilm.errors import IlmError
+from ilm.errors import IlmError, StorageError
 
 hold_app = typer.Typer(help="Legal holds: studies and patients that must never be deleted.", no_args_is_help=True)
 app.add_typer(hold_app, name="hold")
@@ -47,6 +47,8 @@ def hold_add(
                 hold_id = service.hold_add("study", study, reason, _who(by))
             else:
                 hold_id = service.hold_add("patient", service.patient_key(patient or "", issuer), reason, _who(by))
+        except StorageError as exc:  # placed, but not mirrored to an S3 legal hold (WORM tiers)
+            fail(str(exc), 1)
         except IlmError as exc:
             fail(str(exc), 2)
     console.print(f"hold {hold_id} placed")
@@ -61,6 +63,18 @@ def hold_remove(hold_id: int, home: Optional[Path] = HomeOption, by: Optional[st
         except IlmError as exc:
             fail(str(exc), 1)
     console.print(f"hold {hold_id} on {row.scope} {row.target} released")
+
+
+@hold_app.command("sync")
+def hold_sync(home: Optional[Path] = HomeOption) -> None:
+    """Mirror ilm's holds to S3 Object Lock legal holds on WORM tiers again (after a failure)."""
+    with open_service(home) as service:
+        report = service.hold_sync()
+    console.print(f"legal hold ON on {report.held} objects, OFF on {report.released}")
+    for p in report.problems:
+        err_console.print(f"  not set: {p}", highlight=False)
+    if report.problems:
+        raise typer.Exit(1)
 
 
 @hold_app.command("list")
@@ -140,7 +154,8 @@ def purge(
         print_json(report)
     else:
         console.print(f"purged {len(report.purged)} studies, freed {report.bytes_freed / 1e9:.2f} GB; "
-                      f"{report.waiting} still in quarantine")
+                      f"{report.waiting} still in quarantine"
+                      + (f"; dropped {report.released} copies whose WORM lock ended" if report.released else ""))
         for p in report.problems:
             err_console.print(f"  kept: {p}", highlight=False)
     if report.problems:

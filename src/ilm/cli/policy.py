@@ -32,7 +32,7 @@ def policy_check(file: Path, home: Optional[Path] = HomeOption) -> None:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"{file}: cannot read: {exc}", 2)
-    policy, issues = check_policy(text, known_tiers=list(settings.tiers), source=str(file))
+    policy, issues = check_policy(text, known_tiers=settings.lifecycle_tiers, source=str(file))
     errors = [i for i in issues if getattr(i, "kind", "") != "warning"]
     for i in issues:
         err_console.print(str(i), highlight=False, soft_wrap=True)

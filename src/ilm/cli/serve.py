@@ -75,6 +75,10 @@ def serve(
         if service.promotions.active:
             console.print(f"tiering: promoting studies on read/prefetch, at most {service.promotions.per_minute}/min",
                           highlight=False)
+        if service.scrub.start():  # fixity: re-check every copy at a bounded rate (docs/security.md)
+            fx = service.settings.fixity
+            console.print(f"fixity: scrubbing at {fx.scrub_mb_per_s:g} MB/s, each copy every {fx.scrub_interval_days} days",
+                          highlight=False)
         dicom = _override(service.settings.dicom, "DICOM settings", port=dicom_port, ae_title=ae_title, host=host)
         http = _override(service.settings.http, "HTTP settings", port=http_port, host=host)
         assert isinstance(dicom, DicomSettings) and isinstance(http, HttpSettings)

@@ -24,7 +24,7 @@ from ilm.lifecycle.limits import MaintenanceWindow, RateLimiter, parse_window
 from ilm.lifecycle.move import recover_moves, move_study
 from ilm.lifecycle.plan import PolicySource, fingerprint
 from ilm.lifecycle.retention import expire_study
-from ilm.lifecycle import tiering
+from ilm.lifecycle import tiering, worm
 from ilm.policy import Action, evaluate
 from ilm.storage import Tier
 
@@ -47,6 +47,7 @@ class ApplyReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     bytes_moved: int = 0
     recovered: int = 0
+    released: int = 0  # WORM copies kept by earlier moves, dropped now that their lock ended
     stopped: str = ""  # why apply stopped early (maintenance window)
     pending: int = 0
 
@@ -66,6 +67,9 @@ def _recheck(catalog: Catalog, source: PolicySource, a: ActionRow, as_of: object
     if fingerprint(s) != a.fingerprint:
         return "the study changed since the plan (read, moved or resized)"
     d = evaluate(source.policy, s, inputs.patients.get(s.patient_key), as_of)  # type: ignore[arg-type]
+    locked = [v.reason for v in d.vetoes if v.protection == "worm_lock"]
+    if a.decision == "expire" and locked:  # a copy on a WORM tier was locked since the plan
+        return locked[0]
     if tiering.is_cooling_rule(a.rule_id) and settings is not None:  # access-based tiering (ilm.lifecycle.tiering)
         return tiering.recheck(catalog, settings, s, d, a.rule_id or "", a.target_tier, as_of)  # type: ignore[arg-type]
     if d.action.value != a.decision or (d.action is Action.TRANSITION and d.tier != a.target_tier):
@@ -96,6 +100,7 @@ def apply_plan(
         )
     report = ApplyReport(plan_id)
     report.recovered = (lambda r: r.rolled_back + r.finished)(recover_moves(catalog, tiers))
+    report.released = worm.drop_released(catalog, tiers, clock()).dropped
     lc = settings.lifecycle
     window: MaintenanceWindow | None = parse_window(lc.maintenance_window) if lc.maintenance_window else None
     limiter = RateLimiter(lc.max_mb_per_s)
@@ -120,8 +125,13 @@ def apply_plan(
             r = move_study(catalog, tiers, a.study_uid, a.target_tier, plan_id=plan_id,
                            workers=lc.move_workers, limiter=limiter)
             report.bytes_moved += r.bytes_moved
+            mirrored = worm.mirror_holds(catalog, settings, tiers, [a.study_uid], only_held=True) if r.moved else None
+            if mirrored is not None and mirrored.problems:  # a held study now on a WORM tier: its S3 legal hold
+                r.failed.append(f"moved, but the legal hold is not set on {len(mirrored.problems)} objects: "
+                                f"{mirrored.problems[0]} (run 'ilm hold sync')")
             if r.ok:
-                _record(catalog, plan_id, a, "done", f"moved {r.moved} instances to {a.target_tier}", approved_by)
+                kept = f"; {r.retained} source copies kept until their WORM lock ends" if r.retained else ""
+                _record(catalog, plan_id, a, "done", f"moved {r.moved} instances to {a.target_tier}{kept}", approved_by)
                 report.done += 1
             else:
                 _record(catalog, plan_id, a, "failed", "; ".join(r.failed)[:1000], approved_by)

@@ -10,6 +10,7 @@ interrupted, using the journal.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,9 @@ from ilm.catalog.copies import (
     start_moves,
     study_copies,
 )
-from ilm.errors import IntegrityError, StorageError
+from ilm.catalog.locks import locked_instances, retain_copy, retain_sources
+from ilm.errors import IntegrityError, ObjectLocked, StorageError
+from ilm.lifecycle import worm
 from ilm.lifecycle.limits import RateLimiter
 from ilm.models import CopyState
 from ilm.storage import ObjectExists, Tier
@@ -49,6 +52,7 @@ class MoveResult:
     moved: int = 0
     bytes_moved: int = 0
     already_there: int = 0
+    retained: int = 0  # source copies kept until their WORM lock ends (ilm.lifecycle.worm)
     failed: list[str] = field(default_factory=list)
 
     @property
@@ -140,17 +144,30 @@ def move_study(
             if bad:
                 _undo_copies(catalog, dst, [c for mid, c in zip(ids, batch) if mid in set(bad)], bad)
             if good:
+                now = _now()
                 with catalog.write() as conn:
-                    commit_moves(conn, good, dst_name, _now())
+                    commit_moves(conn, good, dst_name, now, worm.tier_lock(dst, now))
+                    by_tier: dict[str, list[int]] = defaultdict(list)
+                    for _m, c, _s, _z in good:
+                        by_tier[c.tier].append(c.instance_pk)
+                    locked = {(t, pk) for t, pks in by_tier.items() for pk in locked_instances(conn, pks, t, now)}
                 deleted: list[tuple[int, int, str]] = []
+                kept: list[tuple[int, int, str]] = []  # WORM: the source stays until its date
                 for mid, c, _sha, _size in good:
+                    if (c.tier, c.instance_pk) in locked:
+                        kept.append((mid, c.instance_pk, c.tier))
+                        continue
                     try:
                         tiers(c.tier).delete(c.key)
                         deleted.append((mid, c.instance_pk, c.tier))
+                    except ObjectLocked:
+                        kept.append((mid, c.instance_pk, c.tier))
                     except StorageError as exc:  # committed: safe; recovery deletes it later
                         result.failed.append(f"{c.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
                 with catalog.write() as conn:
                     finish_moves(conn, deleted, _now())
+                    retain_sources(conn, kept, _now())
+                result.retained += len(kept)
                 result.moved += len(good)
                 result.bytes_moved += sum(z for *_x, z in good)
             if progress:
@@ -160,8 +177,12 @@ def move_study(
 
 def _delete_source(catalog: Catalog, src: Tier, c: InstanceCopy) -> None:
     """Drop a source copy whose instance is verified elsewhere (row first: the
-    object is deleted only once the catalog no longer points at it)."""
+    object is deleted only once the catalog no longer points at it). A copy
+    locked on a WORM tier is kept as RETAINED instead, until its date."""
     with catalog.write() as conn:
+        if locked_instances(conn, [c.instance_pk], c.tier, _now()):
+            retain_copy(conn, c.instance_pk, c.tier)
+            return
         dropped = drop_location(conn, c.instance_pk, c.tier)
         refresh_study_tiers(conn, [c.instance_pk])
     if dropped:
@@ -209,7 +230,13 @@ def recover_moves(catalog: Catalog, tiers: Callable[[str], Tier]) -> RecoveryRep
                     rollback_moves(conn, [m.id], _now())
                 report.rolled_back += 1
             else:
-                tiers(m.src_tier).delete(m.key)
+                try:
+                    tiers(m.src_tier).delete(m.key)
+                except ObjectLocked:  # a WORM source: kept until its date (ilm.lifecycle.worm)
+                    with catalog.write() as conn:
+                        retain_sources(conn, [(m.id, m.instance_pk, m.src_tier)], _now())
+                    report.finished += 1
+                    continue
                 with catalog.write() as conn:
                     finish_moves(conn, [(m.id, m.instance_pk, m.src_tier)], _now())
                 report.finished += 1

@@ -2,7 +2,8 @@
 
 Expiry never deletes: it hides the study for the configured quarantine
 period. ``purge`` deletes only what is past quarantine, leaves a tombstone,
-and can be re-run after a crash (a study marked 'purging' is finished).
+and can be re-run after a crash (a study marked 'purging' is finished). A
+study with a copy locked on a WORM tier stays in quarantine until the lock ends.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ilm.catalog.retention import (
     study_state,
 )
 from ilm.errors import IlmError, NotFound, StorageError
+from ilm.lifecycle.worm import purge_lock
 from ilm.storage import Tier
 
 __all__ = ["label", "place_hold", "lift_hold", "holds", "expire_study", "restore", "purge", "PurgeReport"]
@@ -101,6 +103,7 @@ class PurgeReport:
     bytes_freed: int = 0
     problems: list[str] = field(default_factory=list)
     waiting: int = 0
+    released: int = 0  # WORM copies kept by moves, dropped now that their lock ended
 
 
 def purge(catalog: Catalog, tiers: Callable[[str], Tier], *, by: str, now: datetime | None = None,
@@ -116,6 +119,10 @@ def purge(catalog: Catalog, tiers: Callable[[str], Tier], *, by: str, now: datet
             held = holds_covering(conn, q.study_uid)
         if held:  # a hold placed during quarantine still vetoes the deletion
             report.problems.append(f"{q.study_uid}: kept, legal hold {held[0].id}: {held[0].reason}")
+            continue
+        locked = purge_lock(catalog, q.study_uid, now)
+        if locked is not None:  # a WORM copy: the study waits in quarantine until its date
+            report.problems.append(f"{q.study_uid}: kept, locked until {locked:%Y-%m-%d %H:%M} UTC (WORM copies)")
             continue
         with catalog.write() as conn:
             copies = begin_purge(conn, q.study_uid, _now())

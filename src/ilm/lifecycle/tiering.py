@@ -49,7 +49,7 @@ def tier_roles(settings: Settings) -> tuple[TierRole, ...]:
     return tuple(
         TierRole(name, t.cooling_days, t.retrieval_policy, t.archive,
                  PrefetchRule(t.prefetch.count, t.prefetch.max_age_years, t.prefetch.match))
-        for name, t in settings.tiers.items()
+        for name, t in settings.tiers.items() if name not in settings.replica_tiers  # replicas: no tiering
     )
 
 

@@ -109,7 +109,9 @@ class TierWatermark:
 
 
 def _next_tier(settings: Settings, name: str) -> str | None:
-    names = list(settings.tiers)
+    names = settings.lifecycle_tiers  # never a replica tier (ilm.fixity.replicas)
+    if name not in names:
+        return None
     i = names.index(name)
     return names[i + 1] if i + 1 < len(names) else None
 

@@ -136,7 +136,9 @@ def _decide(
         vetoes = vetoes_of(protections)
         missing = tuple(dict.fromkeys(missing + tuple(f for v in vetoes for f in v.facts)))
         if vetoes:
-            names = ", ".join(v.protection for v in vetoes)
+            # A WORM lock says until when: "expiry vetoed by worm_lock (locked until 2031-05-01)".
+            names = ", ".join(f"{v.protection} ({v.reason})" if v.protection == "worm_lock" else v.protection
+                              for v in vetoes)
             return Decision(uid, Action.KEEP, Action.EXPIRE, rule.id, f"expiry vetoed by {names}",
                             vetoes=vetoes, unknown=missing, trace=traces,
                             protections=protections if explain else ())

@@ -72,6 +72,8 @@ class StudyFacts:
     ``None`` when the text was empty or unparsable. ``tiers`` are the tiers
     holding a verified copy of the study's instances. ``holds`` are holds on
     this study; holds on the patient belong to :class:`PatientFacts`.
+    ``locked_until`` is the latest retain-until of the study's copies on WORM
+    tiers (None: no locked copy): nothing may delete it before then.
     """
 
     study_uid: str
@@ -100,6 +102,7 @@ class StudyFacts:
     received_at: datetime | None = None
     last_accessed_at: datetime | None = None
     holds: tuple[Hold, ...] = ()
+    locked_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,10 @@ def split_multi(text: str | None) -> tuple[str, ...]:
     """Split a backslash-joined catalog value into its non-empty, trimmed parts."""
     if not text:
         return ()
-    return tuple(p.strip() for p in text.split("\\") if p.strip())
+    if "\\" not in text:  # one value, the common case (a plan splits a million of them)
+        one = text.strip()
+        return (one,) if one else ()
+    return tuple(s for s in (p.strip() for p in text.split("\\")) if s)
 
 
 def is_mammography(study: StudyFacts) -> bool:

@@ -8,6 +8,9 @@ turned-off protection is listed in every plan (:meth:`Protections.summary`).
 
 - ``legal_hold``: a hold on the study or on its patient (cannot be turned off:
   remove the hold instead).
+- ``worm_lock``: a copy of the study on a WORM tier is locked until a date on
+  or after the plan's date (cannot be turned off: the store would refuse the
+  deletion anyway; docs/security.md).
 - ``mammography``: MG studies (by modality, mammography/breast SOP class, or
   Secondary Capture of the breast) are kept 5 years, or 10 when the patient
   has no later mammogram in the archive (MQSA, 21 CFR 900.12(c)(4)(i)).
@@ -40,7 +43,7 @@ __all__ = [
 ]
 
 PROTECTION_NAMES = (
-    "legal_hold", "mammography", "pediatric", "minimum_retention", "recently_accessed", "unknown_facts",
+    "legal_hold", "worm_lock", "mammography", "pediatric", "minimum_retention", "recently_accessed", "unknown_facts",
 )
 
 
@@ -171,6 +174,7 @@ class Protections:
     def _switches(self) -> tuple[tuple[str, Switch], ...]:
         return (
             ("legal_hold", Switch()),
+            ("worm_lock", Switch()),
             ("mammography", self.mammography.switch),
             ("pediatric", self.pediatric.switch),
             ("minimum_retention", self.minimum_retention.switch),
@@ -183,6 +187,7 @@ class Protections:
         m, p = self.mammography, self.pediatric
         settings = {
             "legal_hold": "holds on a study or its patient",
+            "worm_lock": "copies on WORM tiers before their retain-until date",
             "mammography": f"{m.years} years, {m.without_later_mammogram_years} without a later mammogram",
             "pediatric": f"age of majority {p.age_of_majority} + {p.years_after_majority} years",
             "minimum_retention": f"{self.minimum_retention.period} from StudyDate",
@@ -203,6 +208,7 @@ class Protections:
             missing.append(f"the rule needs {', '.join(rule_unknown.facts)}: {rule_unknown.reason}")
             facts.extend(rule_unknown.facts)
         out.append(_legal_hold(ctx))
+        out.append(_worm_lock(ctx))
         guarded = (
             ("mammography", self.mammography.switch, self.mammography.covers),
             ("pediatric", self.pediatric.switch, self.pediatric.covers),
@@ -243,6 +249,14 @@ def _legal_hold(ctx: StudyContext) -> ProtectionCheck:
         return ProtectionCheck("legal_hold", ProtectionStatus.CLEAR, "no hold")
     text = "; ".join(f"{h.scope.value} hold: {h.reason or '(no reason given)'}" for h in holds)
     return ProtectionCheck("legal_hold", ProtectionStatus.VETO, text)
+
+
+def _worm_lock(ctx: StudyContext) -> ProtectionCheck:
+    """Locked through the plan's whole day: a lock ending on the plan's date still keeps the study."""
+    until = ctx.study.locked_until
+    if until is None or until.date() < ctx.as_of:
+        return ProtectionCheck("worm_lock", ProtectionStatus.CLEAR, "no locked copy")
+    return ProtectionCheck("worm_lock", ProtectionStatus.VETO, f"locked until {until:%Y-%m-%d}")
 
 
 def vetoes_of(checks: tuple[ProtectionCheck, ...]) -> tuple[Veto, ...]:

@@ -16,7 +16,7 @@ def open_tier(name: str, settings: Settings) -> Tier:
     if t is None:
         raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(settings.tiers)})")
     if isinstance(t, FilesystemTierSettings):
-        fs = FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync)
+        fs = FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync, worm=t.worm, retain_days=t.retain_days)
         fs.pack_studies = t.pack_studies
         return fs
     if isinstance(t, S3TierSettings):

@@ -3,6 +3,13 @@
 Writes go to a temporary file in the target folder, are flushed (fsync when
 configured), and are then linked to their final name: link() fails if the
 name exists, so a put is atomic and never overwrites.
+
+On a WORM tier (``worm`` set, docs/security.md) every file is written
+read-only (0444) with its retain-until date as its modification time (as
+NetApp SnapLock keeps it in the access time): ``delete`` refuses a read-only
+file whose date is still ahead (ObjectLocked), whoever calls it. The date
+travels with the file (cp -p, rsync -t keep it) and ilm never writes a file
+twice, so the modification time is free for it.
 """
 
 from __future__ import annotations
@@ -10,11 +17,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat as stat_mode
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ilm.errors import IntegrityError, ObjectNotFound, StorageError, TierFull, TierUnavailable
+from ilm.errors import IntegrityError, ObjectLocked, ObjectNotFound, StorageError, TierFull, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
@@ -23,12 +32,20 @@ __all__ = ["FilesystemTier"]
 _TMP = ".tmp-"
 
 
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 class FilesystemTier:
     pack_studies = False  # moves write a whole study as one object (ilm.storage.pack); set by open_tier
-    def __init__(self, name: str, root: Path, *, fsync: bool = True, create: bool = True) -> None:
+    def __init__(self, name: str, root: Path, *, fsync: bool = True, create: bool = True,
+                 worm: str = "off", retain_days: int = 0) -> None:
         self.name = name
         self.root = Path(root)
         self.fsync = fsync
+        self.worm = worm                # "off" | "governance" | "compliance"
+        self.retain_days = retain_days  # each file locked this long from its write
+        self.clock: Callable[[], datetime] = _utcnow
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -63,6 +80,10 @@ class FilesystemTier:
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
+                if self.worm != "off":  # locked before it gets its name: never visible writable
+                    until = (self.clock() + timedelta(days=self.retain_days)).timestamp()
+                    os.utime(fd, (until, until))
+                    os.fchmod(fd, 0o444)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -117,8 +138,28 @@ class FilesystemTier:
             raise StorageError(f"tier {self.name!r}: read {len(data)} of {length} bytes at {offset} of {key}")
         return data
 
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date of a WORM file still ahead of the tier's clock (None: deletable or absent)."""
+        if self.worm == "off":
+            return None
+        try:
+            st = os.stat(self._path(key))
+        except OSError:
+            return None
+        if st.st_mode & (stat_mode.S_IWUSR | stat_mode.S_IWGRP | stat_mode.S_IWOTH):
+            return None  # not a locked file (written before the tier became WORM)
+        until = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+        return until if until > self.clock() else None
+
+    def _refuse_locked(self, key: str, what: str) -> None:
+        until = self.locked_until(key)
+        if until is not None:
+            raise ObjectLocked(f"tier {self.name!r}: {key} is immutable (worm = {self.worm}) until "
+                               f"{until:%Y-%m-%d %H:%M} UTC: not {what}", until)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
+        self._refuse_locked(key, "deleted")
         try:
             path.unlink()
         except FileNotFoundError:

@@ -16,6 +16,16 @@ Writes are verified and never overwrite:
 - ``stat`` asks the server for the SHA-256 it recorded at upload
   (``ChecksumMode=ENABLED``) and reads and hashes the object only when the
   server has none (objects written by other tools).
+
+WORM tiers (``worm`` governance/compliance, docs/security.md) use S3 Object
+Lock: the bucket must have Object Lock enabled (``create_bucket`` makes it
+so; a bucket without it is refused on first use), each put carries
+``ObjectLockMode`` and ``ObjectLockRetainUntilDate`` (now + ``retain_days``),
+legal holds are set per object (``set_legal_hold``), and ``delete`` removes
+the object's versions one by one: a plain DELETE in a versioned bucket only
+adds a delete marker and would leave the data. The server refuses the delete
+of a locked version (AccessDenied -> ObjectLocked). ilm never sends
+``x-amz-bypass-governance-retention``.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ import base64
 import binascii
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -33,7 +44,7 @@ import botocore.exceptions as bx  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
 
 from ilm.config import S3TierSettings
-from ilm.errors import ConfigError, IntegrityError, ObjectNotFound, StorageError, TierFull, TierUnavailable
+from ilm.errors import ConfigError, IntegrityError, ObjectLocked, ObjectNotFound, StorageError, TierFull, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
@@ -101,10 +112,14 @@ class S3Tier:
         self.max_attempts = max_attempts
         self._client: Any = None  # created on first use: constructing must not touch the network
         self._lock = threading.Lock()
+        # Object Lock (set by open_tier from the tier's worm / retain_days).
+        self.worm = "off"
+        self.retain_days = 0
+        self.clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
     @classmethod
     def from_settings(cls, name: str, s: S3TierSettings) -> "S3Tier":
-        return cls(
+        tier = cls(
             name,
             s.bucket,
             prefix=s.prefix,
@@ -116,6 +131,8 @@ class S3Tier:
             connect_timeout=s.connect_timeout_seconds,
             max_attempts=s.max_attempts,
         )
+        tier.worm, tier.retain_days = s.worm, s.retain_days
+        return tier
 
     def __repr__(self) -> str:
         return f"S3Tier({self.name!r}, {self._where()})"
@@ -153,6 +170,8 @@ class S3Tier:
                 raise StorageError(f"tier {self.name!r}: cannot set up an S3 client for {self._where()}: {exc}") from None
             if self.create_bucket:
                 self._ensure_bucket(client)
+            if self.worm != "off":
+                self._check_object_lock(client)
             self._client = client
             return client
 
@@ -166,6 +185,8 @@ class S3Tier:
         except (bx.BotoCoreError, OSError) as exc:
             self._raise(exc, "check bucket", "")
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
+        if self.worm != "off":  # Object Lock can only be switched on when the bucket is made
+            kwargs["ObjectLockEnabledForBucket"] = True
         if self.region != "us-east-1":  # AWS refuses an explicit us-east-1 constraint
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
         try:
@@ -175,6 +196,59 @@ class S3Tier:
                 self._raise(exc, "create bucket", "")
         except (bx.BotoCoreError, OSError) as exc:
             self._raise(exc, "create bucket", "")
+
+    def _check_object_lock(self, client: Any) -> None:
+        """A WORM tier needs a bucket with Object Lock: without it every locked put would fail."""
+        try:
+            conf = client.get_object_lock_configuration(Bucket=self.bucket)
+            enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except bx.ClientError as exc:
+            if self._code(exc) in _NO_BUCKET:
+                self._raise(exc, "check Object Lock of bucket", "")
+            enabled = False  # ObjectLockConfigurationNotFoundError and the like
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "check Object Lock of bucket", "")
+        if not enabled:
+            raise StorageError(
+                f"tier {self.name!r}: worm = {self.worm!r}, but bucket {self.bucket!r} at {self._where()} has no "
+                "Object Lock: create the bucket with Object Lock enabled (or let ilm create it: create_bucket = true)")
+
+    def _worm_args(self) -> dict[str, Any]:
+        """Object Lock headers of a put: the tier's mode and now + retain_days."""
+        if self.worm == "off" or not self.retain_days:
+            return {}
+        return {"ObjectLockMode": self.worm.upper(),
+                "ObjectLockRetainUntilDate": self.clock() + timedelta(days=self.retain_days)}
+
+    def set_legal_hold(self, key: str, on: bool) -> None:
+        """Set (on) or clear the Object Lock legal hold of the object's current version."""
+        try:
+            self._s3().put_object_legal_hold(Bucket=self.bucket, Key=self._key(key),
+                                             LegalHold={"Status": "ON" if on else "OFF"})
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "set legal hold on", key)
+
+    def _delete_versions(self, key: str, full: str) -> None:
+        """Delete every version (and delete marker) of one key, as Object Lock requires."""
+        try:
+            pages = self._s3().get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=full)
+            found = [(str(v["Key"]), str(v["VersionId"]))
+                     for page in pages for v in [*page.get("Versions", ()), *page.get("DeleteMarkers", ())]]
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "delete", key)
+        for k, version in found:
+            if k != full:
+                continue  # another key under the same prefix
+            try:
+                self._s3().delete_object(Bucket=self.bucket, Key=full, VersionId=version)
+            except bx.ClientError as exc:
+                if self._code(exc) in _DENIED:
+                    raise ObjectLocked(f"tier {self.name!r}: {key} is locked by the store's Object Lock "
+                                       f"(retention date not reached, or a legal hold): not deleted") from None
+                if self._code(exc) not in _NOT_FOUND:
+                    self._raise(exc, "delete", key)
+            except (bx.BotoCoreError, OSError) as exc:
+                self._raise(exc, "delete", key)
 
     @staticmethod
     def _code(exc: bx.ClientError) -> str:
@@ -235,6 +309,7 @@ class S3Tier:
                 ChecksumSHA256=checksum,  # the server refuses bytes that do not hash to this
                 IfNoneMatch="*",  # ...and refuses to replace an existing object
                 ContentType="application/dicom" if key.endswith(".dcm") else "application/octet-stream",
+                **self._worm_args(),
             )
         except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
             self._raise(exc, "put", key)
@@ -281,6 +356,9 @@ class S3Tier:
 
     def delete(self, key: str) -> None:
         full = self._key(key)
+        if self.worm != "off":
+            self._delete_versions(key, full)
+            return
         try:
             self._s3().delete_object(Bucket=self.bucket, Key=full)
         except bx.ClientError as exc:

@@ -1,12 +1,13 @@
 """immutability: retain-until of copies (issue 5)
 
-Reserved revision: filled by the change that needs it (no-op until then).
+locations.retain_until and locations.lock_mode: a copy on a WORM tier is
+locked until that moment (governance or compliance mode).
 
 Revision ID: 0008
 Revises: 0007
 """
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0008'
@@ -16,8 +17,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table('locations', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('retain_until', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('lock_mode', sa.String(length=16), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('locations', schema=None) as batch_op:
+        batch_op.drop_column('lock_mode')
+        batch_op.drop_column('retain_until')
