@@ -55,6 +55,9 @@ class PrefetchSettings(_Strict):
 class _TierCommon(_Strict):
     cost_per_gb_month: float = Field(0.0, ge=0)
     retrieval_cost_per_gb: float = Field(0.0, ge=0)
+    # Request prices per 1,000 (S3: PUT/COPY/POST/LIST and GET); docs/cost.md.
+    put_cost_per_1000: float = Field(0.0, ge=0)
+    get_cost_per_1000: float = Field(0.0, ge=0)
     retrieval_latency_seconds: float = Field(0.0, ge=0)
     min_storage_days: int = Field(0, ge=0)
     # Archive class (tape, Glacier): a read needs a restore that completes after

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
@@ -56,6 +57,7 @@ from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
+from ilm import analytics
 from ilm.fixity import VerifyReport, verify as fixity_verify
 from ilm.fixity.replicas import Replicator
 from ilm.fixity.scrub import FixityStatus, Scrubber, fixity_status
@@ -435,6 +437,19 @@ class ArchiveService:
     def summary(self) -> dict[str, list[SummaryRow]]:
         with self.catalog.read() as conn:
             return archive_summary(conn)
+
+    # -- analytics and cost (ilm.analytics, docs/cost.md) -----------------------
+
+    def stats(self, *, today: date | None = None, largest: int = 10) -> dict[str, Any]:
+        """Composition, growth and use of the archive (``ilm stats``)."""
+        return analytics.stats(self.catalog, today=today or date.today(), largest=largest)
+
+    def cost(self, policies: Iterable[Path] = (), *, today: date | None = None,
+             options: analytics.CostOptions | None = None) -> dict[str, Any]:
+        """Monthly cost now and the projection per scenario (``ilm cost``); PolicyError for a bad policy."""
+        sources = [self.read_policy(p) for p in policies]
+        return analytics.cost_report(self.catalog, self.settings, sources, today=today or date.today(),
+                                     opts=options or analytics.CostOptions())
 
     # -- lifecycle --------------------------------------------------------------
 

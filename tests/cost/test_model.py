@@ -116,7 +116,7 @@ def test_projection_move_now_then_expire_early() -> None:
     assert (y.storage, y.moves) == pytest.approx((8.0, 6.0))
     assert y.bytes_by_tier == {}
     assert p.one_time_now == pytest.approx(2.0)
-    assert p.monthly_after == pytest.approx(4.0)   # month 1: 1,000 GB on cold
+    assert p.monthly_after == pytest.approx(4.0)   # right after the move: 1,000 GB on cold
     assert p.monthly_now == pytest.approx(100.0)   # where it is today: hot
     assert p.bytes_moved_now == pytest.approx(1000 * GB)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.schema import access_log, instances, locations, series, studies
 from ilm.models import CopyState
 
-__all__ = ["AccessRow", "record_accesses", "InstanceRef", "instance_refs"]
+__all__ = ["AccessRow", "record_accesses", "replay_access_log", "InstanceRef", "instance_refs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,19 @@ def record_accesses(conn: Connection, rows: list[AccessRow]) -> None:
         if r.study_uid not in newest or r.at > newest[r.study_uid]:
             newest[r.study_uid] = r.at
     conn.execute(_TOUCH, [{"uid": u, "at": at} for u, at in newest.items()])
+
+
+def replay_access_log(conn: Connection, rows: list[AccessRow], chunk: int = 20_000) -> int:
+    """Append an access history read elsewhere (a synthetic archive's reads) to the access
+    log, once: nothing is written if rows of the same interface are already there."""
+    if not rows:
+        return 0
+    kinds = sorted({r.interface for r in rows})
+    if conn.execute(select(func.count()).select_from(access_log).where(access_log.c.interface.in_(kinds))).scalar_one():
+        return 0
+    for i in range(0, len(rows), chunk):
+        record_accesses(conn, rows[i:i + chunk])
+    return len(rows)
 
 
 @dataclass(frozen=True, slots=True)

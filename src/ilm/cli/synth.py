@@ -36,7 +36,7 @@ from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService, iter_files
 from ilm.synth.files import FilesReport, write_archive, write_files
 from ilm.synth.plan import StudySpec, SynthConfig, generate, totals
-from ilm.synth.rows import apply_access_history, load_catalog
+from ilm.synth.rows import apply_access_history, load_catalog, replay_accesses
 
 DEMO_STUDIES = 300
 
@@ -80,6 +80,8 @@ def synth(
     catalog_only: bool = typer.Option(False, "--catalog-only", help="Write catalog rows into the archive of --home, no files."),
     with_instances: bool = typer.Option(False, "--with-instances", help="With --catalog-only: instance and location rows too."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="With --catalog-only: loader processes (default one per CPU)."),
+    access_log: bool = typer.Option(False, "--access-log", help="With --catalog-only: also write every read of the "
+                                    "access history into the access log (reads by study age, ilm stats)."),
     home: Optional[Path] = HomeOption,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -90,6 +92,8 @@ def synth(
         fail("give OUT_DIR, or --catalog-only to write catalog rows", 2)
     if with_instances and not catalog_only:
         fail("--with-instances only applies to --catalog-only", 2)
+    if access_log and not catalog_only:
+        fail("--access-log only applies to --catalog-only", 2)
     cfg = _config(
         reference=_reference(as_of), studies=studies, patients=patients, years=years, growth=growth,
         scale=scale if scale is not None else (1.0 if catalog_only else 0.05), seed=seed, missing_rate=missing_rate,
@@ -104,13 +108,14 @@ def synth(
                     service.catalog, cfg, with_instances=with_instances, tier=tier, workers=workers,
                     progress=lambda c: bar.advance(task, c.studies + c.skipped_studies),
                 )
+            reads = replay_accesses(service.catalog, generate(cfg)) if access_log else 0
         elapsed = time.perf_counter() - started
         result = {
             "mode": "catalog", "studies": report.studies, "skipped_studies": report.skipped_studies,
             "patients": report.patients, "series": report.series, "instances": report.instances,
             "locations": report.locations, "size_bytes": report.size_bytes, "seconds": round(elapsed, 2),
             "studies_per_second": round(report.studies / elapsed) if elapsed > 0 else None,
-            "workers": report.workers,
+            "workers": report.workers, "access_log_rows": reads,
         }
         if json_out:
             print(json.dumps(result, indent=2))

@@ -24,7 +24,7 @@ from ilm.cost.model import DAYS_PER_MONTH, GB, TierPrice, early_deletion_cost, m
 
 __all__ = [
     "Segment", "Cohort", "ReadProfile", "Growth", "Scenario", "YearCost", "Projection", "project",
-    "AGE_BUCKETS", "read_profile", "CATEGORIES",
+    "AGE_BUCKETS", "read_profile", "CATEGORIES", "merge",
 ]
 
 FREE = TierPrice(0.0)
@@ -63,6 +63,22 @@ class ReadProfile:
             if age_months < upper:
                 return self.rates[i] if i < len(self.rates) else 0.0
         return self.rates[len(AGE_BUCKETS)] if len(self.rates) > len(AGE_BUCKETS) else 0.0
+
+
+def merge(cohorts: Sequence[Cohort]) -> list[Cohort]:
+    """Cohorts with the same path and age summed into one (the projection is linear in bytes).
+
+    Days already held are kept apart by 30-day month (they only matter for an early deletion).
+    """
+    out: dict[tuple[tuple[Segment, ...], int, int], list[float]] = {}
+    for c in cohorts:
+        key = (c.path, c.age_months, int(c.held_days // DAYS_PER_MONTH))
+        acc = out.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+        acc[0] += c.nbytes
+        acc[1] += c.objects
+        acc[2] += c.studies
+        acc[3] += c.held_days * c.nbytes
+    return [Cohort(b, o, s, age, held / b if b else 0.0, path) for (path, age, _), (b, o, s, held) in out.items()]
 
 
 def read_profile(read_objects: Sequence[float], held_objects: Sequence[float], window_months: float) -> ReadProfile:
@@ -111,7 +127,7 @@ class Projection:
     years: list[YearCost]
     monthly_now: float          # storage + reads of the archive as it is, first month, before any move
     one_time_now: float         # the moves (and deletions' early charges) in the first month
-    monthly_after: float        # storage + reads of today's data in the second month, after those moves
+    monthly_after: float        # storage + reads of today's data a month, right after those moves
     studies_moved_now: float = 0.0
     bytes_moved_now: float = 0.0
     bytes_deleted_now: float = 0.0
@@ -181,6 +197,14 @@ def _cohort(out: _Series, c: Cohort, prices: Mapping[str, TierPrice], reads: Rea
                     out.moved[1] += c.nbytes
 
 
+def _monthly(c: Cohort, tier: str | None, prices: Mapping[str, TierPrice], reads: ReadProfile) -> float:
+    """What a cohort costs a month on ``tier`` at its age: storage and reads."""
+    if tier is None:
+        return 0.0
+    p, rate = prices.get(tier, FREE), reads.rate(c.age_months)
+    return c.nbytes / GB * p.per_gb_month + read_cost(c.nbytes * rate, c.objects * rate, p, c.studies * rate)
+
+
 def project(scenario: Scenario, prices: Mapping[str, TierPrice], *, years: int, growth: Growth = Growth(),
             reads: ReadProfile = ReadProfile()) -> Projection:
     """The cost of a scenario, year by year, over ``years`` years from now."""
@@ -210,11 +234,9 @@ def project(scenario: Scenario, prices: Mapping[str, TierPrice], *, years: int, 
             year=y + 1, **{c: sum(total.cost[c][m] for m in span) for c in CATEGORIES},
             bytes_by_tier={tier: int(round(v[last])) for tier, v in sorted(total.tiers.items()) if round(v[last])},
         ))
-    now = sum(c.nbytes / GB * prices.get(c.path[0].tier, FREE).per_gb_month
-              + read_cost(c.nbytes * reads.rate(c.age_months), c.objects * reads.rate(c.age_months),
-                          prices.get(c.path[0].tier, FREE), c.studies * reads.rate(c.age_months))
-              for c in scenario.existing if c.path and c.path[0].tier is not None)
-    after = existing.cost["storage"][1] + existing.cost["retrieval"][1] if months > 1 else 0.0
+    now = sum(_monthly(c, c.path[0].tier, prices, reads) for c in scenario.existing if c.path)
+    after = sum(_monthly(c, [s for s in c.path if s.start <= 0][-1].tier, prices, reads)
+                for c in scenario.existing if c.path)
     return Projection(scenario.name, out, monthly_now=now, one_time_now=existing.cost["moves"][0],
                       monthly_after=after, studies_moved_now=existing.moved[0], bytes_moved_now=existing.moved[1],
                       bytes_deleted_now=existing.moved[2])

@@ -33,14 +33,16 @@ from queue import Empty
 from typing import Any
 
 from ilm.catalog import Catalog
+from ilm.catalog.access import AccessRow, replay_access_log
 from ilm.catalog.bulk import BulkBatch, BulkCounts, BulkLoader, set_last_accessed, set_received
 from ilm.synth.plan import StudySpec, SynthConfig, generate_blocks
 
-__all__ = ["load_catalog", "apply_access_history", "batch_for", "LoadReport", "NO_OBJECT_SHA256", "EXPLICIT_VR_LITTLE_ENDIAN"]
+__all__ = ["load_catalog", "apply_access_history", "replay_accesses", "HISTORY_INTERFACE", "batch_for", "LoadReport", "NO_OBJECT_SHA256", "EXPLICIT_VR_LITTLE_ENDIAN"]
 
 NO_OBJECT_SHA256 = "0" * 64
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 _RECEIVED_AFTER = timedelta(minutes=10)
+HISTORY_INTERFACE = "history"  # access_log.interface of replayed synthetic reads
 
 
 @dataclass
@@ -219,11 +221,25 @@ def load_catalog(
     return report
 
 
-def apply_access_history(catalog: Catalog, specs: Iterable[StudySpec]) -> int:
+def apply_access_history(catalog: Catalog, specs: Iterable[StudySpec], *, log: bool = True) -> int:
     """Set ``last_accessed_at`` of the plan's studies already in ``catalog`` from
     their access histories (a newer value already recorded is kept). Returns the
     number of studies changed. Also moves ``received_at`` back to when the
-    study would have arrived, so that the archive looks its age to policies."""
+    study would have arrived, so that the archive looks its age to policies,
+    and (``log``) writes the reads into the access log (:func:`replay_accesses`)
+    so that reads by study age can be measured."""
     specs = list(specs)
     set_received(catalog, {s.study_uid: s.acquired_at + _RECEIVED_AFTER for s in specs})
-    return set_last_accessed(catalog, {s.study_uid: s.accesses[-1] for s in specs if s.accesses})
+    changed = set_last_accessed(catalog, {s.study_uid: s.accesses[-1] for s in specs if s.accesses})
+    if log:
+        replay_accesses(catalog, specs)
+    return changed
+
+
+def replay_accesses(catalog: Catalog, specs: Iterable[StudySpec]) -> int:
+    """Write every read of the plan's access histories into the access log (interface
+    ``history``, each read of the whole study), once per catalog. Returns the rows written."""
+    rows = [AccessRow(at, s.study_uid, HISTORY_INTERFACE, "ilm synth", sum(x.instance_count for x in s.series))
+            for s in specs for at in s.accesses]
+    with catalog.write() as conn:
+        return replay_access_log(conn, rows)

@@ -1,0 +1,82 @@
+"""ilm stats: how big the archive is and how it is used (docs/cost.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from ilm.cli.app import HomeOption, app, console, open_service, print_json
+from ilm.cli.archive import human_bytes
+from ilm.cli.policy import _as_of
+
+__all__ = ["stats"]
+
+
+def _table(title: str, first: str, rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column(first)
+    for name in ("Studies", *[e.capitalize() for e in extra], "Instances", "Size", "Share"):
+        t.add_column(name, justify="right")
+    for r in rows:
+        t.add_row(str(r["key"]), f"{r['studies']:,}", *[f"{r[e]:,}" for e in extra], f"{r['instances']:,}",
+                  human_bytes(r["bytes"]), f"{r['share']:.1%}")
+    return t
+
+
+@app.command()
+def stats(
+    home: Optional[Path] = HomeOption,
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="Ages and windows as of this day (YYYY-MM-DD)."),
+    largest: int = typer.Option(10, "--largest", min=0, max=1000, help="How many of the largest studies to list."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Composition (modality, study year, tier, size), growth per month, reads by study age,
+    studies never read after N days, patients with priors, largest studies."""
+    day = _as_of(as_of)
+    with open_service(home) as service:
+        s = service.stats(today=day, largest=largest)
+    if json_out:
+        print_json(s)
+        return
+    t = s["totals"]
+    console.print(f"[bold]{t['studies']:,} studies[/] of {t['patients']:,} patients, {t['instances']:,} instances, "
+                  f"{human_bytes(t['bytes'])} (as of {s['as_of']})", highlight=False)
+    console.print(_table("By modality (bytes of its series; studies containing it)", "Modality", s["by_modality"],
+                         ("series",)))
+    console.print(_table("By study year", "Year", s["by_year"]))
+    console.print(_table("By tier", "Tier", s["by_tier"]))
+    console.print(_table("By study size", "Size", s["by_size"]))
+    g = s["growth"]
+    tail = g["by_month"][-12:]
+    gt = Table(title="Growth: the last 12 months received", title_justify="left")
+    for c in ("Month", "Studies", "Size"):
+        gt.add_column(c, justify="right" if c != "Month" else "left")
+    for r in tail:
+        gt.add_row(r["month"], f"{r['studies']:,}", human_bytes(r["bytes"]))
+    console.print(gt)
+    console.print(f"received per month (last 12 full months): {human_bytes(g['bytes_per_month'])}; "
+                  f"yearly growth of that rate: {g['yearly_rate']:+.1%}", highlight=False)
+    ra = s["reads_by_age"]
+    rt = Table(title=f"Reads by study age (last {ra['window_days']} days)", title_justify="left")
+    for c in ("Study age", "Reads", "Instances read", "Studies now", "Read per month"):
+        rt.add_column(c, justify="right" if c != "Study age" else "left")
+    for r in ra["buckets"]:
+        rt.add_row(r["age"], f"{r['reads']:,}", f"{r['instances_read']:,}", f"{r['studies']:,}",
+                   f"{r['monthly_read_rate']:.3%}")
+    console.print(rt)
+    for r in s["never_read_after"]:
+        console.print(f"never read after {r['days']} days: {r['never_read_after']:,} of {r['studies_older']:,} "
+                      f"studies older than that ({r['share']:.1%})", highlight=False)
+    p = s["patients"]
+    console.print(f"patients with priors (2 or more studies): {p['with_priors']:,} of {p['patients']:,} "
+                  f"({p['share']:.1%})", highlight=False)
+    lt = Table(title="Largest studies", title_justify="left")
+    for c in ("Study Instance UID", "Date", "Modalities", "Instances", "Size", "Tiers"):
+        lt.add_column(c, justify="right" if c in ("Instances", "Size") else "left")
+    for r in s["largest_studies"]:
+        lt.add_row(r["study_uid"], str(r["study_date"] or ""), r["modalities"].replace("\\", "+"),
+                   f"{r['instances']:,}", human_bytes(r["size_bytes"]), r["tiers"].replace("\\", "+"))
+    console.print(lt)
