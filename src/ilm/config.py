@@ -33,6 +33,7 @@ __all__ = [
     "LifecycleSettings",
     "DestinationSettings",
     "PrefetchSettings",
+    "AuditSettings",
     "FixitySettings",
     "is_loopback",
 ]
@@ -50,6 +51,43 @@ class PrefetchSettings(_Strict):
     count: int = Field(3, ge=1, le=100)          # at most this many priors per new study
     max_age_years: int = Field(10, ge=1)         # ignore priors older than this
     match: Literal["modality", "body_part", "either"] = "either"
+
+
+class AuditSettings(_Strict):
+    """DICOM audit messages (IHE ATNA) to a file and/or a syslog receiver (docs/security.md)."""
+
+    file: str = ""                  # one RFC 5424 message per line; relative to ILM_HOME
+    syslog_host: str = ""           # an audit record repository (RFC 5424 over TCP, RFC 6587 framing)
+    syslog_port: int = Field(6514, ge=1, le=65535)
+    syslog_tls: bool = False        # RFC 5425; the receiver's certificate is checked
+    syslog_ca: str = ""             # CA file for that check (empty: the system's CAs)
+    syslog_cert: str = ""           # our client certificate and key (PEM), for mutual TLS
+    syslog_key: str = ""
+    app_name: str = Field("ilm", min_length=1, max_length=48)
+    source_id: str = ""             # AuditSourceID (empty: the AE title)
+    enterprise_site_id: str = ""    # AuditEnterpriseSiteID
+    spool: str = "audit-spool.log"  # messages the receiver has not taken yet; resent in order
+    queue_size: int = Field(10000, ge=1)
+    retry_seconds: float = Field(10.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.file or self.syslog_host)
+
+    @field_validator("app_name")
+    @classmethod
+    def _app(cls, v: str) -> str:
+        if any(not 33 <= ord(c) <= 126 for c in v):
+            raise ValueError(f"{v!r}: printable ASCII without spaces (an RFC 5424 APP-NAME)")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> "AuditSettings":
+        if bool(self.syslog_cert) != bool(self.syslog_key):
+            raise ValueError("syslog_cert and syslog_key go together: give both or neither")
+        if (self.syslog_ca or self.syslog_cert) and not self.syslog_tls:
+            raise ValueError("syslog_ca, syslog_cert and syslog_key need syslog_tls = true")
+        return self
 
 
 class _TierCommon(_Strict):
@@ -281,6 +319,7 @@ class FixitySettings(_Strict):
 class Settings(_Strict):
     home: Path
     config_file: Path | None = None
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     catalog: CatalogSettings = CatalogSettings()
     ingest: IngestSettings = IngestSettings()
     dicom: DicomSettings = DicomSettings()

@@ -9,12 +9,14 @@ nothing.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -39,6 +41,10 @@ from ilm.uids import instance_key
 from ilm.spill import Spill
 from ilm import audit as audit_chain
 from ilm.access import AccessRecorder
+from ilm.atna.emitter import AuditEmitter
+from ilm.atna.export import ExportReport, export_trail
+from ilm.atna.imports import ImportBatch
+from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.audit import read_audit
 from ilm.catalog.facts import load_policy_inputs
@@ -70,6 +76,13 @@ __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container without a passwd entry)
+        return "unknown"
 
 
 @dataclass
@@ -134,6 +147,7 @@ class ArchiveService:
         self._sop_lock = _StripedLock()
         self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
         self.access = AccessRecorder(self.catalog)
+        self.atna = AuditEmitter(settings, self.catalog)  # DICOM audit messages ([audit], docs/security.md)
         # Access-based tiering: promotion on read and prefetch of priors (ilm serve starts its worker).
         self.promotions = Promoter(self.catalog, settings, self.tier)
         self.spill = Spill(settings, self.catalog, self.tier)  # ingest tier full: the next tier down
@@ -152,6 +166,7 @@ class ArchiveService:
 
     def close(self) -> None:
         self.promotions.stop()
+        self.atna.close()  # what is queued and the trail's last entries, written or spooled
         self.scrub.stop()
         try:
             self.access.close()
@@ -168,16 +183,24 @@ class ArchiveService:
 
     # -- ingest ---------------------------------------------------------------
 
-    def ingest_bytes(self, data: bytes, source: str, *, study_uid: str | None = None) -> IngestResult:
+    def ingest_bytes(self, data: bytes, source: str, *, study_uid: str | None = None,
+                     batch: ImportBatch | None = None) -> IngestResult:
         """Store one DICOM file given as bytes (import, STOW-RS).
 
         With ``study_uid`` (STOW-RS to /studies/{study}), an instance of another
-        study is rejected and nothing is stored.
+        study is rejected and nothing is stored. ``batch``: the audit batch
+        (``import_batch``) the instance arrived in.
         """
         try:
             facts, blob = read_instance(data, "data")
         except RejectedInstance as exc:
             return IngestResult(IngestStatus.REJECTED, source, size=len(data), reason=exc.reason)
+        result = self._ingest_facts(facts, blob, source, study_uid)
+        if batch is not None:
+            batch.note(facts, result.status in (IngestStatus.STORED, IngestStatus.DUPLICATE))
+        return result
+
+    def _ingest_facts(self, facts: InstanceFacts, blob: bytes, source: str, study_uid: str | None) -> IngestResult:
         if study_uid is not None and facts.study_instance_uid != study_uid:
             return IngestResult(
                 IngestStatus.REJECTED, source, sop_instance_uid=facts.sop_instance_uid,
@@ -187,30 +210,38 @@ class ArchiveService:
             )
         return self._store(facts, blob, source)
 
-    def ingest_dataset(self, file_meta: Dataset, dataset: bytes, source: str) -> IngestResult:
+    def ingest_dataset(self, file_meta: Dataset, dataset: bytes, source: str, *,
+                       batch: ImportBatch | None = None) -> IngestResult:
         """Store one dataset as a C-STORE delivers it: its file meta and encoded bytes."""
         try:
             data = part10_bytes(file_meta, dataset)
         except Exception as exc:  # a file meta we cannot encode is the sender's fault
             return IngestResult(IngestStatus.REJECTED, source, reason=f"{source}: bad file meta: {exc}")
-        return self.ingest_bytes(data, source)
+        return self.ingest_bytes(data, source, batch=batch)
 
-    def ingest_path(self, path: Path) -> IngestResult:
+    def import_batch(self, sender: str, address: str = "", *, ae_title: bool = False) -> ImportBatch | None:
+        """An audit batch for instances that arrive together (an association, a STOW-RS
+        request, an import run): one Import message per study when it is closed.
+        None when no audit sink is configured."""
+        return self.atna.import_batch(sender, address, ae_title=ae_title)
+
+    def ingest_path(self, path: Path, *, batch: ImportBatch | None = None) -> IngestResult:
         try:
             data = path.read_bytes()
         except OSError as exc:
             return IngestResult(IngestStatus.REJECTED, str(path), reason=f"{path}: cannot read: {exc.strerror}")
-        return self.ingest_bytes(data, str(path))
+        return self.ingest_bytes(data, str(path), batch=batch)
 
     def import_paths(
         self, paths: Iterable[Path], progress: Callable[[IngestResult], None] | None = None
     ) -> ImportReport:
         report = ImportReport()
-        for p in iter_files(paths):
-            r = self.ingest_path(p)
-            report.add(r)
-            if progress:
-                progress(r)
+        with self.import_batch(_login()) or nullcontext() as batch:
+            for p in iter_files(paths):
+                r = self.ingest_path(p, batch=batch)
+                report.add(r)
+                if progress:
+                    progress(r)
         return report
 
     def _store(self, f: InstanceFacts, blob: bytes, source: str) -> IngestResult:
@@ -404,6 +435,7 @@ class ArchiveService:
     def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
         """Record a retrieval (not a query); written to the catalog in batches."""
         self.access.note(study_uid, interface, who, instances)
+        self.atna.retrieved(study_uid, interface, who, instances)  # Instances Transferred / Export message
         self.promotions.on_read(study_uid, interface, who)  # queued for the promotion worker, never waits
 
     def commitment(self, requested: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
@@ -510,6 +542,10 @@ class ArchiveService:
         with self.catalog.read() as conn:
             return audit_chain.verify_chain(read_audit(conn))
 
+    def audit_export(self, out: Path, *, since: datetime | None = None) -> ExportReport:
+        """The audit trail (entries at or after ``since``) as DICOM audit messages in ``out``."""
+        return export_trail(self.catalog, self.settings, out, since=since)
+
     def read_policy(self, path: Path) -> PolicySource:
         """Parse a policy file against this archive's tiers (PolicyError on any problem)."""
         return read_policy(path, self.settings.lifecycle_tiers)  # replica tiers are no policy target
@@ -604,22 +640,26 @@ class ArchiveService:
     # -- query (C-FIND, QIDO-RS) ----------------------------------------------
 
     def query(self, level: str, filters: dict[str, str], *, fields: Iterable[str] | None = None,
-              limit: int | None = None, offset: int = 0) -> list[dict[str, object]]:
+              limit: int | None = None, offset: int = 0, audit: QueryAudit | None = None) -> list[dict[str, object]]:
         """Patients, studies, series or instances (``level``: PATIENT, STUDY, SERIES,
         IMAGE) of active studies matching ``filters`` (keyword -> DICOM matching
         value), as dicts keyword -> value; see ``ilm.catalog.find`` for the matching.
 
         A query is not an access (as S3 does not count HEAD or LIST): it
         changes no last access and writes no access log. InvalidQuery for a
-        query that cannot run, CatalogError when the catalog fails.
+        query that cannot run, CatalogError when the catalog fails. ``audit``:
+        who asked and the query as received, for the Query audit message.
         """
         archive = {name for name, t in self.settings.tiers.items() if t.archive}
         try:
             with self.catalog.read() as conn:
-                return find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
+                rows = find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
                                      archive_tiers=archive)
         except SQLAlchemyError as exc:
             raise CatalogError(f"catalog unavailable: {exc.__class__.__name__}") from exc
+        if audit is not None:
+            self.atna.queried(audit)
+        return rows
 
     def query_attributes(self) -> dict[str, str]:
         """The attributes queries can match and return: keyword -> level (PATIENT ... IMAGE)."""

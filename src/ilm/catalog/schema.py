@@ -213,6 +213,16 @@ audit_log = Table(
     Index("ix_audit_log_study", "study_uid"),
 )
 
+# How far the audit trail has been sent as DICOM audit messages (migration 0009):
+# one row per export stream ("atna"), so that each entry is sent once across processes.
+audit_export = Table(
+    "audit_export",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("last_id", Integer, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
 plans = Table(
     "plans",
     metadata,

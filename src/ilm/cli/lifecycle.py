@@ -162,8 +162,13 @@ def purge(
         raise typer.Exit(1)
 
 
-@app.command()
+audit_app = typer.Typer(help="The audit trail: list, verify (ilm audit), export (ilm audit export).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.callback(invoke_without_command=True)
 def audit(
+    ctx: typer.Context,
     home: Optional[Path] = HomeOption,
     study: Optional[str] = typer.Option(None, "--study", help="Only entries about this study."),
     plan: Optional[str] = typer.Option(None, "--plan", help="Only entries about this plan."),
@@ -171,6 +176,8 @@ def audit(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the audit trail, or verify that no entry was changed or removed."""
+    if ctx.invoked_subcommand is not None:
+        return
     with open_service(home) as service:
         if verify:
             breaks = service.audit_verify()

@@ -86,6 +86,7 @@ def serve(
             scp = start_dicom_server(service, dicom)
         except OSError as exc:
             fail(f"cannot listen for DICOM on {dicom.host}:{dicom.port}: {exc.strerror or exc}", 2)
+        service.atna.application(started=True, launcher=_launcher())  # audit: Application Start
         try:
             console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
             console.print(f"DICOMweb http://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)
@@ -106,6 +107,7 @@ def serve(
         finally:
             stop.set()
             scp.shutdown()
+            service.atna.application(started=False, launcher=_launcher())  # audit: Application Stop
             if scheduler is not None:
                 scheduler.join(timeout=30)
             if restorer is not None:
@@ -113,6 +115,15 @@ def serve(
             if watermarks is not None:
                 watermarks.join(timeout=30)
     console.print("stopped", highlight=False)
+
+
+def _launcher() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        return ""
 
 
 def _start_scheduler(service: "ArchiveService", stop: threading.Event) -> threading.Thread | None:

@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from ilm.atna.messages import QueryAudit
 from ilm.errors import CatalogError, InvalidQuery
 
 if TYPE_CHECKING:
@@ -212,7 +214,12 @@ def handle_find(event: "Event", service: "ArchiveService") -> Iterator[tuple[int
         ident = event.identifier
         level, filters, keys, unsupported = _read_request(ident, model, service.query_attributes())
         charset = ident.get("SpecificCharacterSet")
-        rows = service.query(level, filters, fields=[e.keyword for e in keys if e.keyword] + [_UNIQUE[level]])
+        raw = getattr(event.request, "Identifier", None)  # as received, for the Query audit message
+        audit = QueryAudit(str(peer.ae_title).strip(), str(peer.address), model,
+                           raw.getvalue() if isinstance(raw, BytesIO) else b"",
+                           str(event.context.transfer_syntax), ae_title=True)
+        rows = service.query(level, filters, fields=[e.keyword for e in keys if e.keyword] + [_UNIQUE[level]],
+                             audit=audit)
     except _Refused as exc:
         log.info("C-FIND from %s refused: %s", peer.ae_title, exc)
         yield exc.status, None

@@ -132,13 +132,39 @@ def handle_echo(event: "Event") -> int:
     return STATUS_SUCCESS
 
 
-def handle_store(event: "Event", service: "ArchiveService") -> int | Dataset:
+class ImportBatches:
+    """The audit batch of each association (one Import message per study per association),
+    closed when the association's connection closes (EVT_CONN_CLOSE)."""
+
+    def __init__(self, service: "ArchiveService") -> None:
+        self._service = service
+        self._open: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def of(self, event: "Event") -> Any:
+        key = id(event.assoc)
+        with self._lock:
+            if key not in self._open:
+                peer = event.assoc.requestor
+                self._open[key] = self._service.import_batch(str(peer.ae_title).strip(), str(peer.address),
+                                                             ae_title=True)
+            return self._open[key]
+
+    def close(self, event: "Event") -> None:
+        with self._lock:
+            batch = self._open.pop(id(event.assoc), None)
+        if batch is not None:
+            batch.close()
+
+
+def handle_store(event: "Event", service: "ArchiveService", batches: ImportBatches | None = None) -> int | Dataset:
     """C-STORE: store the dataset as received; answer with the service's verdict."""
     request = cast("C_STORE", event.request)
     try:
         raw = request.DataSet  # the dataset as received, in the negotiated transfer syntax
         data = raw.getvalue() if isinstance(raw, BytesIO) else bytes(raw or b"")
-        result = service.ingest_dataset(event.file_meta, data, _source(event))
+        result = service.ingest_dataset(event.file_meta, data, _source(event),
+                                        batch=batches.of(event) if batches is not None else None)
     except Exception as exc:  # never let one request take the server down
         log.exception("C-STORE handler failed")
         return _status(STATUS_HANDLER_FAILED, f"internal error: {type(exc).__name__}: {exc}")
@@ -214,9 +240,11 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
     ae = build_ae(settings)
     for model in FIND_MODELS:  # C-FIND: Patient Root and Study Root (ilm.dicom.find)
         ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
+    batches = ImportBatches(service)  # audit: one Import message per study per association
     handlers: list[Any] = [
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [service]),
+        (evt.EVT_C_STORE, handle_store, [service, batches]),
+        (evt.EVT_CONN_CLOSE, batches.close),
         (evt.EVT_C_FIND, handle_find, [service]),
         *retrieve_handlers(service, settings),
         *commitment_handlers(service, settings),

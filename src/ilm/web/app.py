@@ -35,6 +35,7 @@ ingest runs in the threadpool, never on the event loop.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -70,16 +71,18 @@ class DicomJSONResponse(JSONResponse):
 
 def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str | None, source: str) -> list[IngestResult]:
     results = []
-    for part in parts:
-        where = f"{source} part {part.index + 1}"
-        if not part_media_type_ok(part.content_type):
-            results.append(IngestResult(
-                IngestStatus.REJECTED, where, size=part.size,
-                reason=f"part Content-Type {part.content_type!r} is not application/dicom",
-            ))
-            continue
-        results.append(service.ingest_bytes(part.read(), where, study_uid=study_uid))
-        part.close()  # free its memory before the next one is read
+    client = source.removeprefix("stow-rs:")
+    with service.import_batch(client, client) or nullcontext() as batch:  # audit: one Import message per study
+        for part in parts:
+            where = f"{source} part {part.index + 1}"
+            if not part_media_type_ok(part.content_type):
+                results.append(IngestResult(
+                    IngestStatus.REJECTED, where, size=part.size,
+                    reason=f"part Content-Type {part.content_type!r} is not application/dicom",
+                ))
+                continue
+            results.append(service.ingest_bytes(part.read(), where, study_uid=study_uid, batch=batch))
+            part.close()  # free its memory before the next one is read
     return results
 
 

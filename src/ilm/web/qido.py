@@ -48,6 +48,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 
+from ilm.atna.messages import QueryAudit
 from ilm.errors import CatalogError, InvalidQuery
 from ilm.service import ArchiveService
 from ilm.web.auth import require
@@ -208,7 +209,9 @@ class _Search:
             fields += [u for u in _UIDS[level] if u not in fields]
 
         asked = self.max_results if limit is None else min(limit, self.max_results)
-        rows = self.service.query(level, filters, fields=fields, limit=asked + 1, offset=offset)
+        client = request.client.host if request.client else ""
+        audit = QueryAudit(client or "unknown", client, query=f"{request.url.path}?{request.url.query}".encode())
+        rows = self.service.query(level, filters, fields=fields, limit=asked + 1, offset=offset, audit=audit)
         if len(rows) > asked:
             rows = rows[:asked]
             if limit is None or limit > self.max_results:

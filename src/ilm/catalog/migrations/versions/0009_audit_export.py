@@ -1,12 +1,10 @@
-"""audit export positions (issue 5)
-
-Reserved revision: filled by the change that needs it (no-op until then).
+"""audit export positions (issue 5): how far the audit trail was sent as DICOM audit messages
 
 Revision ID: 0009
 Revises: 0008
 """
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0009'
@@ -16,8 +14,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        'audit_export',
+        sa.Column('name', sa.String(length=32), nullable=False),
+        sa.Column('last_id', sa.Integer(), nullable=False),
+        sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('name', name=op.f('pk_audit_export')),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table('audit_export')
