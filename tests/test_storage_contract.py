@@ -32,6 +32,8 @@ from ilm.models import StoredObject
 from ilm.storage import FilesystemTier, ObjectExists, Tier, open_tier
 from ilm.storage import s3 as s3mod
 from ilm.storage.s3 import S3Tier
+from ilm.keyring import KeyRing
+from ilm.storage.encrypted import EncryptedTier
 
 KEY = "1.2.840.1/1.2.840.2/1.2.840.3.dcm"
 
@@ -65,20 +67,31 @@ def _bucket_keys(sw: SeaweedFS, bucket: str) -> list[str]:
     return sorted(out)
 
 
-@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.s3), pytest.param("s3-prefixed", marks=pytest.mark.s3)])
+@pytest.fixture(params=["filesystem", pytest.param("s3", marks=pytest.mark.s3), pytest.param("s3-prefixed", marks=pytest.mark.s3),
+                        "filesystem-encrypted", pytest.param("s3-encrypted", marks=pytest.mark.s3)])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "filesystem":
+    kind = str(request.param)
+    if kind.endswith("-encrypted"):  # envelope encryption over the plain backend (ilm.storage.encrypted)
+        ring = KeyRing(tmp_path / "keyring.toml", env={})
+        ring.add("k1")
+        plain = _plain_backend(kind.removesuffix("-encrypted"), request, tmp_path)
+        yield Backend(kind, EncryptedTier(plain.tier, ring), plain.raw)  # type: ignore[arg-type]
+        return
+    yield _plain_backend(kind, request, tmp_path)
+
+
+def _plain_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if kind == "filesystem":
         root = tmp_path / "tier"
 
         def files() -> list[str]:
             return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
-        yield Backend("filesystem", FilesystemTier("disk", root, fsync=False), files)
-        return
+        return Backend("filesystem", FilesystemTier("disk", root, fsync=False), files)
     sw: SeaweedFS = request.getfixturevalue("s3_server")
     bucket = sw.make_bucket()
-    prefix = "archive/ilm/" if request.param == "s3-prefixed" else ""
-    yield Backend(request.param, _s3_tier(sw, bucket, prefix=prefix), lambda: _bucket_keys(sw, bucket))
+    prefix = "archive/ilm/" if kind == "s3-prefixed" else ""
+    return Backend(kind, _s3_tier(sw, bucket, prefix=prefix), lambda: _bucket_keys(sw, bucket))
 
 
 # -- the contract --------------------------------------------------------------

@@ -175,6 +175,15 @@ class S3TierSettings(_TierCommon):
     create_bucket: bool = False
     connect_timeout_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # Server-side encryption by the store (docs/security.md): "AES256" (SSE-S3) or "aws:kms".
+    sse: Literal["AES256", "aws:kms"] | None = None
+    sse_kms_key_id: str | None = None
+
+    @model_validator(mode="after")
+    def _kms_key(self) -> "S3TierSettings":
+        if self.sse_kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError('sse_kms_key_id needs sse = "aws:kms"')
+        return self
 
 
 TierSettings = Annotated[

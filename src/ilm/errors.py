@@ -16,6 +16,8 @@ file, key, UID or tier) so that front-ends can print it unchanged.
     └── StorageError          a tier failed (I/O error, S3 down, ...)
         ├── ObjectNotFound    the key is not on that tier
         ├── IntegrityError    what the tier holds does not hash to what was written
+        │   └── DecryptionFailed  an encrypted object fails authentication: a changed byte, never served
+        ├── KeyUnavailable    the master key an encrypted object names is not in the key ring (or retired)
         ├── TierUnavailable   the tier cannot be reached at all
         ├── TierFull          the tier has no room left (disk full, quota): ingest tries the next tier
         ├── ObjectLocked      a WORM copy: its retention date has not passed, or a legal hold is on it
@@ -39,6 +41,8 @@ __all__ = [
     "StorageError",
     "ObjectNotFound",
     "IntegrityError",
+    "DecryptionFailed",
+    "KeyUnavailable",
     "TierUnavailable",
     "TierFull",
     "ObjectLocked",
@@ -96,6 +100,15 @@ class ObjectNotFound(StorageError):
 
 class IntegrityError(StorageError):
     """Stored bytes do not match their recorded SHA-256."""
+
+
+class DecryptionFailed(IntegrityError):
+    """An encrypted object failed authentication (a changed byte in its header,
+    ciphertext or tag, or a truncated object): nothing of it is returned."""
+
+
+class KeyUnavailable(StorageError):
+    """The master key an encrypted object was wrapped with is not in the key ring, or is retired."""
 
 
 class TierUnavailable(StorageError):

@@ -63,6 +63,7 @@ from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
+from ilm import encryption
 from ilm import analytics
 from ilm.fixity import VerifyReport, verify as fixity_verify
 from ilm.fixity.replicas import Replicator
@@ -754,3 +755,25 @@ class ArchiveService:
     def authenticate(self, token: str) -> Principal:
         """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired."""
         return self._tokens.authenticate(token)
+
+    # -- master keys of encrypted tiers (ilm.encryption, docs/security.md) ------------
+
+    def keys_list(self, *, tier: str | None = None) -> tuple[list[encryption.KeyInfo], dict[str, int]]:
+        return encryption.list_keys(self.catalog, self.settings, tier=tier)
+
+    def keys_new(self, *, key_id: str | None = None, tier: str | None = None, key_file: Path | None = None,
+                 by: str = "") -> tuple[Path, encryption.MasterKey]:
+        return encryption.new_key(self.settings, key_id=key_id, tier=tier, key_file=key_file, catalog=self.catalog,
+                                  by=by)
+
+    def keys_rotate(self, *, tier: str | None = None, full: bool = False, by: str = "",
+                    progress: Callable[[int, int], None] | None = None) -> encryption.RotateReport:
+        """Re-wrap every object's data key under the active master key (resumable: run again)."""
+        return encryption.rotate(self.catalog, self.settings, self.tier, tier=tier, full=full, by=by,
+                                 progress=progress)
+
+    def keys_retire(self, key_id: str, *, by: str = "", key_file: Path | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> int:
+        """Retire a master key once no object uses it (KeyInUse otherwise)."""
+        return encryption.retire(self.catalog, self.settings, self.tier, key_id, by=by, key_file=key_file,
+                                 progress=progress)

@@ -23,7 +23,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
     "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log", "restores",
-    "api_tokens",
+    "api_tokens", "object_keys",
 ]
 
 metadata = MetaData(
@@ -349,4 +349,18 @@ api_tokens = Table(
     Column("revoked_at", TS),
     Column("last_used_at", TS),
     Index("ix_api_tokens_name", "name"),
+)
+
+# -- encryption at rest (migration 0011) ------------------------------------------
+
+# The master key id each object on an encrypted tier was last seen wrapped by
+# (ilm keys rotate/retire write it; the object header stays the truth).
+object_keys = Table(
+    "object_keys",
+    metadata,
+    Column("tier", String(64), primary_key=True),
+    Column("object_key", String(255), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("checked_at", TS, nullable=False),
+    Index("ix_object_keys_key_id", "key_id"),
 )

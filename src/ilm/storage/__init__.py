@@ -11,10 +11,22 @@ __all__ = ["Tier", "ObjectExists", "FilesystemTier", "open_tier", "open_tiers", 
 
 
 def open_tier(name: str, settings: Settings) -> Tier:
-    """The backend for the tier ``name`` of ``settings``."""
+    """The backend for the tier ``name`` of ``settings`` (encrypting when configured)."""
     t = settings.tiers.get(name)
     if t is None:
         raise ConfigError(f"no tier named {name!r} (tiers: {', '.join(settings.tiers)})")
+    if t.encryption == "envelope":
+        from ilm.keyring import KeyRing
+        from ilm.storage.encrypted import EncryptedTier
+
+        ring = KeyRing(settings.resolve(t.key_file))
+        ring.active()  # no key to encrypt with: a configuration error now, not a failed ingest later
+        return EncryptedTier(_plain_tier(name, settings), ring)  # type: ignore[arg-type]
+    return _plain_tier(name, settings)
+
+
+def _plain_tier(name: str, settings: Settings) -> Tier:
+    t = settings.tiers[name]
     if isinstance(t, FilesystemTierSettings):
         fs = FilesystemTier(name, settings.resolve(t.path), fsync=t.fsync, worm=t.worm, retain_days=t.retain_days)
         fs.pack_studies = t.pack_studies

@@ -70,7 +70,21 @@ class FilesystemTier:
         actual = sha256_hex(data)
         if sha256 is not None and actual != sha256:
             raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
-        sha256 = actual
+        self._publish(key, path, data, replace=False)
+        return StoredObject(key=key, size=len(data), sha256=actual)
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Overwrite an existing object atomically (rename over it): key rotation
+        rewrites an encrypted object's header this way. ObjectNotFound when absent."""
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"tier {self.name!r}: no object {key}")
+        self._refuse_locked(key, "rewritten")
+        self._publish(key, path, data, replace=True)
+
+    def _publish(self, key: str, path: Path, data: bytes, *, replace: bool) -> None:
+        """Write ``data`` to a temporary file, flush it, then link it to ``path``
+        (never overwriting: ObjectExists) or, with ``replace``, rename it over ``path``."""
         tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,10 +102,13 @@ class FilesystemTier:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ObjectExists(f"tier {self.name!r}: {key} already exists") from None
             if self.fsync:
                 dfd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -105,7 +122,6 @@ class FilesystemTier:
                 os.unlink(tmp)
             except OSError:
                 pass
-        return StoredObject(key=key, size=len(data), sha256=sha256)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)

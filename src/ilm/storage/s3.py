@@ -91,6 +91,8 @@ class S3Tier:
         connect_timeout: float = 5.0,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         max_attempts: int = 3,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
     ) -> None:
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigError(f"tier {name!r}: give both access_key_id and secret_access_key, or neither")
@@ -110,6 +112,14 @@ class S3Tier:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_attempts = max_attempts
+        # Server-side encryption asked for on every write (docs/security.md).
+        self._sse: dict[str, str] = {}
+        if sse is not None:
+            self._sse["ServerSideEncryption"] = sse
+        if sse_kms_key_id is not None:
+            if sse != "aws:kms":
+                raise ConfigError(f"tier {name!r}: sse_kms_key_id needs sse = \"aws:kms\"")
+            self._sse["SSEKMSKeyId"] = sse_kms_key_id
         self._client: Any = None  # created on first use: constructing must not touch the network
         self._lock = threading.Lock()
         # Object Lock (set by open_tier from the tier's worm / retain_days).
@@ -130,6 +140,8 @@ class S3Tier:
             create_bucket=s.create_bucket,
             connect_timeout=s.connect_timeout_seconds,
             max_attempts=s.max_attempts,
+            sse=s.sse,
+            sse_kms_key_id=s.sse_kms_key_id,
         )
         tier.worm, tier.retain_days = s.worm, s.retain_days
         return tier
@@ -310,10 +322,31 @@ class S3Tier:
                 IfNoneMatch="*",  # ...and refuses to replace an existing object
                 ContentType="application/dicom" if key.endswith(".dcm") else "application/octet-stream",
                 **self._worm_args(),
+                **self._sse,
             )
         except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
             self._raise(exc, "put", key)
         return StoredObject(key=key, size=len(data), sha256=sha256)
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Overwrite an existing object (key rotation rewrites an encrypted
+        object's header). An S3 PUT replaces an object atomically; the bytes are
+        checksummed like any put, and conditional on the ETag the object has
+        (``If-Match``), so an object deleted meanwhile is not brought back.
+        ObjectNotFound when there is nothing to replace."""
+        full = self._key(key)
+        etag = self._head(key, full)["ETag"]
+        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+        try:
+            self._s3().put_object(Bucket=self.bucket, Key=full, Body=data, ChecksumSHA256=checksum, IfMatch=etag,
+                                  ContentType="application/octet-stream", **self._sse)
+        except bx.ClientError as exc:
+            if self._code(exc) in _TAKEN:
+                raise StorageError(f"tier {self.name!r}: {key} changed or was deleted while being replaced; "
+                                   "nothing was written") from None
+            self._raise(exc, "replace", key)
+        except (bx.BotoCoreError, OSError) as exc:
+            self._raise(exc, "replace", key)
 
     def get(self, key: str) -> bytes:
         full = self._key(key)
