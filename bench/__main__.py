@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import catalog, cstore, data, harness, importing, prefetch, report, stow, transition
-from bench import plan, retrieve, wado
+from bench import plan, retrieve, verify, wado
 
-MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan]
+MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan, verify]
 BY_NAME = {m.NAME: m for m in MODULES}
 QUICK_INSTANCES = 250
 

@@ -352,3 +352,57 @@ def test_replica_tiers_are_outside_the_lifecycle(tmp_path: Path) -> None:
     assert [r.name for r in tier_roles(settings)] == ["hot", "warm"]
     assert _next_tier(settings, "warm") is None and _next_tier(settings, "hot") == "warm"
     assert lower_tiers(settings, "hot") == ["warm"]
+
+
+def test_ilm_serve_scrubs_and_repairs_in_the_background(tmp_path: Path, catalog_url: str,
+                                                        pydicom_test_files: Path) -> None:
+    """A real ilm serve process: copies last checked 40 days ago are re-read, the
+    flipped one is repaired from the replica; a status line goes to the log."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from support.servers import free_port, wait_port
+
+    home = tmp_path / "home"
+    _config_with(home, catalog_url, replicas="mirror", extra="\n[fixity]\nscrub_mb_per_s = 5\n")
+    svc = _open(home)
+    try:
+        sops = _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 9, n=2)
+        with svc.catalog.write() as c:
+            c.execute(sa.text("UPDATE locations SET verified_at = :t"),
+                      {"t": datetime.now(timezone.utc) - timedelta(days=40)})
+    finally:
+        svc.close()
+    hot_file = home / "tiers/hot" / _key(9, sops[1])
+    original = hot_file.read_bytes()
+    _flip(hot_file)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ILM_")}
+    dicom, http = free_port(), free_port()
+    log = home / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ilm", "serve", "--home", str(home), "--host", "127.0.0.1",
+                                 "--dicom-port", str(dicom), "--http-port", str(http), "--log-level", "INFO"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_port(http, timeout=60, proc=proc)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (hot_file.exists() and hot_file.read_bytes() == original):
+            time.sleep(0.2)
+        assert hot_file.read_bytes() == original, log.read_text(errors="replace")
+        while time.monotonic() < deadline and "scrub: " not in log.read_text(errors="replace"):
+            time.sleep(0.2)
+        text = log.read_text(errors="replace")
+        assert "fixity: scrubbing at 5 MB/s, each copy every 30 days" in text
+        assert "scrub: " in text and "repaired" in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    svc = _open(home)
+    try:
+        assert _copies(svc, sops[1])["hot"] == ("verified", False, None)
+        assert "fixity.repair" in _audit_actions(svc)
+        assert svc.fixity_status().due == 0
+    finally:
+        svc.close()

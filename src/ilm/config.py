@@ -401,6 +401,15 @@ schedule_policy = ""          # ilm serve plans this policy file every interval 
 schedule_interval_minutes = 1440
 promotions_per_minute = 30      # promotions (on read, prefetch) starting per minute; 0 = no cap
 
+[fixity]
+# ilm serve re-reads every copy and checks its SHA-256 (docs/security.md, Fixity).
+scrub_mb_per_s = 20             # read rate of the scrub; 0 = no scrub
+scrub_interval_days = 30        # re-check each copy at most this often
+verify_mb_per_s = 0             # default read rate of 'ilm verify'; 0 = no limit
+# A second copy of every instance, the source of repairs: add to a tier
+#   replicas = ["mirror"]
+# and define [tiers.mirror] (an online tier that holds replicas only).
+
 # Tiers, hottest first: their order here is their order in the lifecycle.
 # Costs are per GB-month of storage and per GB retrieved; they drive the cost
 # reports. Prices below are list prices of 2025 (see docs/tiers.md).
