@@ -396,3 +396,28 @@ def test_a_worm_tier_on_a_bucket_without_object_lock_is_refused(
 
 def client_keys(sw: SeaweedFS, bucket: str) -> list[str]:
     return [o["Key"] for o in sw.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_recovery_of_a_move_interrupted_after_commit_keeps_the_locked_source(
+        fs_service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> None:
+    """A crash between commit and the source's deletion: recovery finds the source locked
+    and keeps it as retained, instead of failing on every later run."""
+    from ilm.catalog.copies import commit_moves, start_moves, study_copies
+    from ilm.lifecycle.move import recover_moves
+
+    uid = _ingest(fs_service, pydicom_test_files / "CT_small.dcm", tmp_path, 206)
+    with fs_service.catalog.read() as conn:
+        copies = study_copies(conn, uid)
+    warm = fs_service.tier("warm")
+    now = datetime.now(timezone.utc)
+    with fs_service.catalog.write() as conn:
+        ids = start_moves(conn, copies, "warm", None, now)
+    for c in copies:
+        warm.put(c.key, fs_service.tier("vault").get(c.key), c.sha256)
+    with fs_service.catalog.write() as conn:
+        commit_moves(conn, [(m, c, c.sha256, c.size) for m, c in zip(ids, copies)], "warm", now)
+    # -- the crash: the sources were never deleted --
+    report = recover_moves(fs_service.catalog, fs_service.tier)
+    assert report.finished == 2 and not report.problems
+    assert [(t, s) for t, s, *_ in _copies(fs_service, uid)] == [("vault", "retained")] * 2 + [("warm", "verified")] * 2
+    assert recover_moves(fs_service.catalog, fs_service.tier).finished == 0  # nothing left pending
