@@ -461,6 +461,8 @@ min_storage_days = 90
 # retrieval_cost_per_gb = 0.01
 # retrieval_latency_seconds = 0
 # min_storage_days = 30
+# worm = "compliance"             # immutable copies: S3 Object Lock, created with the bucket
+# retain_days = 3650              #   each copy locked 10 years from its write (docs/security.md)
 """
 
 
