@@ -7,7 +7,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := dcmtk orthanc postgresql
+APT_PACKAGES := dcmtk orthanc postgresql chromium chromium-driver
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench venv test-deps system-deps clean
@@ -30,12 +30,15 @@ demo: $(VENV)/.installed
 	$(BIN)/ilm demo
 
 # Debian packages the tests and benchmarks use: dcmtk (storescu, findscu ...),
-# Orthanc (the peer archive), PostgreSQL (the catalog at scale).
+# Orthanc (the peer archive), PostgreSQL (the catalog at scale), Chromium and
+# its driver (the dashboard's end-to-end tests).
 system-deps:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	[ -x /usr/lib/postgresql/15/bin/pg_ctl ] || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

@@ -46,6 +46,7 @@ from starlette.requests import ClientDisconnect
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.auth import require
+from ilm.web.dashboard import install as install_dashboard
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
 from ilm.web.qido import qido_router
@@ -140,4 +141,5 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None,
     app.include_router(restore_router)
     app.include_router(wado_router)
     app.include_router(qido_router(service))
+    install_dashboard(app)  # the web dashboard at / (ilm.web.dashboard)
     return app

@@ -34,9 +34,10 @@ from ilm.security.roles import Principal, Role, parse_role
 
 __all__ = ["require", "required_role", "principal", "PUBLIC", "ANONYMOUS", "RouteRole", "route_roles"]
 
-# Paths served without a token: liveness, and the API description (it holds
-# no data, only what the open-source code says; Swagger UI's "Authorize" takes a token).
-PUBLIC = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+# Paths served without a token: liveness, the API description (it holds no
+# data, only what the open-source code says; Swagger UI's "Authorize" takes a
+# token), the dashboard's sign-in page and its stylesheet (ilm.web.dashboard).
+PUBLIC = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/login", "/static"})
 
 ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
 
