@@ -337,7 +337,9 @@ def cost(request: Request, years: int = Query(5, ge=1, le=30), policy: list[str]
     service = _service(request)
     files_ = _policy_files(service)
     chosen = [p for p in policy if p in files_]
-    error, scenarios, labels, chart = "", [], [], ""
+    error, chart = "", ""
+    scenarios: list[dict[str, Any]] = []
+    labels: list[str] = []
     try:
         from ilm.analytics import CostOptions
 
