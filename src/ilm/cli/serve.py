@@ -15,6 +15,8 @@ from pydantic import ValidationError
 from ilm.cli.app import HomeOption, app, console, fail, open_service
 from ilm.cli.watermark import start_watermark_checks
 from ilm.config import DicomSettings, HttpSettings
+from ilm.errors import ConfigError
+from ilm.security.tls import https_options
 from ilm.service import ArchiveService
 
 
@@ -83,18 +85,22 @@ def serve(
         http = _override(service.settings.http, "HTTP settings", port=http_port, host=host)
         assert isinstance(dicom, DicomSettings) and isinstance(http, HttpSettings)
         try:
+            https = https_options(http.tls_cert, http.tls_key, service.settings.resolve)  # HTTPS files, checked
             scp = start_dicom_server(service, dicom)
+        except ConfigError as exc:  # certificate or key files (docs/security.md)
+            fail(str(exc), 2)
         except OSError as exc:
             fail(f"cannot listen for DICOM on {dicom.host}:{dicom.port}: {exc.strerror or exc}", 2)
         service.atna.application(started=True, launcher=_launcher())  # audit: Application Start
         try:
-            console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
-            console.print(f"DICOMweb http://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)
+            console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port}{' over TLS' if dicom.tls_cert else ''} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
+            console.print(f"DICOMweb {'https' if https else 'http'}://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)
             console.print(f"archive {service.settings.home}; stop with Ctrl-C or SIGTERM", highlight=False)
             if not stop.is_set():
                 config = uvicorn.Config(
                     create_app(service), host=http.host, port=http.port, log_level=log_level.lower(),
                     lifespan="off", access_log=level <= logging.DEBUG, timeout_graceful_shutdown=10,
+                    ssl_certfile=https.get("ssl_certfile"), ssl_keyfile=https.get("ssl_keyfile"),
                 )
                 server = uvicorn.Server(config)
                 server.run()

@@ -37,6 +37,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from ilm.config import DicomSettings
 from ilm.dicom.find import FIND_MODELS, QUERY_TRANSFER_SYNTAXES, handle_find
 from ilm.dicom.commitment import commitment_handlers
+from ilm.dicom.gate import dicom_tls_context, gate_handlers
 from ilm.dicom.retrieve import RETRIEVE_SOP_CLASSES, retrieve_handlers
 from ilm.models import IngestResult, IngestStatus
 
@@ -242,6 +243,7 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
         ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
     batches = ImportBatches(service)  # audit: one Import message per study per association
     handlers: list[Any] = [
+        *gate_handlers(settings),  # allowed calling AE titles and hosts (ilm.dicom.gate)
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [service, batches]),
         (evt.EVT_CONN_CLOSE, batches.close),
@@ -249,7 +251,8 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
         *retrieve_handlers(service, settings),
         *commitment_handlers(service, settings),
     ]
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    tls = dicom_tls_context(settings, service.settings.resolve)  # TLS on this port when tls_cert is set
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers, ssl_context=tls)
     assert server is not None  # block=False returns the server
     running = DicomServer(ae=ae, server=server)
     log.info("DICOM AE %s listening on %s:%d", settings.ae_title, running.host, running.port)

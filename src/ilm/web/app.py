@@ -46,6 +46,7 @@ from starlette.requests import ClientDisconnect
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.auth import require
+from ilm.web import api_admin, api_audit, api_ops, api_plans, api_retention, api_studies, api_tiers
 from ilm.web.dashboard import install as install_dashboard
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
@@ -141,5 +142,12 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None,
     app.include_router(restore_router)
     app.include_router(wado_router)
     app.include_router(qido_router(service))
+    app.include_router(api_studies.router)
+    app.include_router(api_plans.router)
+    app.include_router(api_retention.router)
+    app.include_router(api_audit.router)
+    app.include_router(api_tiers.router)
+    app.include_router(api_admin.router)
+    app.include_router(api_ops.router)
     install_dashboard(app)  # the web dashboard at / (ilm.web.dashboard)
     return app
