@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
+import signal
 import ssl
 import subprocess
+import sys
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -405,4 +408,46 @@ def test_tls_receiver_and_a_wrong_ca(home: Path, catalog_url: str, tmp_path: Pat
             service.close()
         assert len(receiver.messages) == 1
     finally:
+        receiver.stop()
+
+
+def test_ilm_serve_start_stop_and_a_cstore_while_the_receiver_is_down(
+        tmp_path: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    if shutil.which("storescu") is None:
+        pytest.fail("dcmtk is missing: run 'make test', which installs the dcmtk package")
+    port = free_port()  # the receiver is down at first
+    home = tmp_path / "home"
+    write_config(home, catalog_url, _audit_config(port))
+    dicom = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ILM_")}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ilm", "serve", "--home", str(home), "--host", "127.0.0.1",
+                                 "--dicom-port", str(dicom), "--http-port", str(free_port()), "--ae-title", AET],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    receiver = SyslogReceiver()
+    try:
+        wait_port(dicom, timeout=60, proc=proc)
+        files = _files(pydicom_test_files, tmp_path / "in", {STUDY_A: ("PAT-A", 2)})
+        r = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", AET, "127.0.0.1", str(dicom), *map(str, files)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr  # stored and acknowledged although no receiver listens
+        wait_for(lambda: (home / "audit-spool.log").exists() and len(
+            (home / "audit-spool.log").read_bytes().splitlines()) >= 2, what="start and import spooled")
+        receiver.start(port)
+        wait_for(lambda: _of(receiver, "110107"), what="the spooled import, sent once the receiver is up")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text(errors="replace")
+        wait_for(lambda: len(_of(receiver, "110100")) == 2, what="application start and stop")
+        events = [(_event(x), _codes(x.xml, "EventIdentification/EventTypeCode")) for x in receiver.parsed()]
+        assert events == [("110100", ["110120"]), ("110107", []), ("110100", ["110121"])]  # in order
+        (imp,) = _of(receiver, "110107")
+        assert _study_ids(imp.xml) == [STUDY_A] and _patient_ids(imp.xml) == ["PAT-A"]
+        app_ids = {p.get("AlternativeUserID") for x in _of(receiver, "110100") for p in x.xml.findall("ActiveParticipant")
+                   if _codes(p, "RoleIDCode") == ["110150"]}
+        assert app_ids == {f"AETITLES={AET}"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
         receiver.stop()

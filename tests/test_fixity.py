@@ -406,3 +406,60 @@ def test_ilm_serve_scrubs_and_repairs_in_the_background(tmp_path: Path, catalog_
         assert svc.fixity_status().due == 0
     finally:
         svc.close()
+
+
+def test_packed_copies_are_checked_by_their_byte_range(tmp_path: Path, catalog_url: str,
+                                                       pydicom_test_files: Path) -> None:
+    """A study packed into one object: the instance whose range holds the flipped
+    byte is bad, the others are good; the only copy is kept and not served."""
+    from ilm.lifecycle.move import move_study
+
+    home = tmp_path / "home"
+    path = _config_with(home, catalog_url, replicas=None)
+    path.write_text(path.read_text().replace('[tiers.warm]\nkind = "filesystem"',
+                                             '[tiers.warm]\npack_studies = true\nkind = "filesystem"'))
+    svc = _open(home)
+    try:
+        sops = _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 10)
+        assert move_study(svc.catalog, svc.tier, _study(10), "warm").ok
+        with svc.catalog.read() as c:
+            key, offset = c.execute(sa.text(
+                "SELECT l.object_key, l.pack_offset FROM locations l JOIN instances i ON i.id = l.instance_pk "
+                "WHERE i.sop_uid = :u AND l.tier = 'warm'"), {"u": sops[1]}).one()
+        assert key.endswith(".pack")
+        _flip(home / "tiers/warm" / key, at=int(offset) + 100)
+
+        report = svc.verify()
+        assert (report.objects, report.ok, report.bad, report.repaired, report.remaining) == (3, 2, 1, 0, 1)
+        (problem,) = report.problems
+        assert problem.sop_uid == sops[1] and "packed" in problem.kept_because
+        assert (home / "tiers/warm" / key).exists()
+        assert {r.sop_uid for r in svc.instances_to_read(_study(10))} == {sops[0], sops[2]}
+    finally:
+        svc.close()
+
+
+def test_an_identical_resend_repairs_a_marked_copy(tmp_path: Path, catalog_url: str,
+                                                   pydicom_test_files: Path) -> None:
+    """No replica: the bad copy waits; importing the same file again (a backup, the
+    modality's copy) repairs it, and a missing one too."""
+    home = tmp_path / "home"
+    _config_with(home, catalog_url, replicas=None)
+    svc = _open(home)
+    try:
+        sops = _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 11)
+        bad, gone = home / "tiers/hot" / _key(11, sops[0]), home / "tiers/hot" / _key(11, sops[1])
+        originals = bad.read_bytes(), gone.read_bytes()
+        _flip(bad)
+        gone.unlink()
+        assert svc.verify().remaining == 2
+        for i in (0, 1):
+            r = svc.ingest_path(tmp_path / f"in-11-{i}.dcm")
+            assert r.status.value == "duplicate" and "repaired 1 bad or missing copies" in (r.reason or ""), r
+        assert (bad.read_bytes(), gone.read_bytes()) == originals
+        assert svc.verify().clean
+        assert _audit_actions(svc).count("fixity.repair") == 2
+        # An ordinary duplicate says nothing of repairs.
+        assert svc.ingest_path(tmp_path / "in-11-2.dcm").reason == "already stored, identical"
+    finally:
+        svc.close()

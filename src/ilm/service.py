@@ -67,6 +67,7 @@ from ilm import encryption
 from ilm import analytics
 from ilm.fixity import VerifyReport, verify as fixity_verify
 from ilm.fixity.replicas import Replicator
+from ilm.fixity.verify import repair_from_resend
 from ilm.fixity.scrub import FixityStatus, Scrubber, fixity_status
 from ilm.policy.durations import Period
 from ilm.security.roles import Principal
@@ -324,7 +325,11 @@ class ArchiveService:
             pass  # left for reconcile; an identical re-send adopts it
 
     def _known(self, f: InstanceFacts, blob: bytes, sha: str, known: tuple[str, int], base: dict[str, object]) -> IngestResult:
-        if known[0] == sha or self._same_dataset(f, blob):
+        if known[0] == sha:  # the very bytes: they also repair copies a fixity check marked (ilm.fixity)
+            fixed = repair_from_resend(self.catalog, self.tier, f.sop_instance_uid, blob, sha, str(base["source"]))
+            why = "already stored, identical" + (f"; repaired {fixed} bad or missing copies with it" if fixed else "")
+            return IngestResult(IngestStatus.DUPLICATE, reason=why, **base)  # type: ignore[arg-type]
+        if self._same_dataset(f, blob):
             return IngestResult(IngestStatus.DUPLICATE, reason="already stored, identical", **base)  # type: ignore[arg-type]
         return self._conflict(f, blob, sha, base, "SOP Instance UID already stored with other content")
 

@@ -198,8 +198,14 @@ class AuditEmitter:
         for item in items:
             self.submit(item)
 
-    def application(self, *, started: bool, launcher: str = "") -> None:
-        """Application Activity: ``ilm serve`` started or stopped (by ``launcher``, a login name)."""
+    def application(self, *, started: bool, launcher: str = "", ae_title: str = "") -> None:
+        """Application Activity: ``ilm serve`` started or stopped (by ``launcher``, a login name).
+        ``ae_title``: the AE title it serves under, when the command line overrides the config's."""
+        if ae_title:
+            self.archive = m.Participant(self.archive.user_id, alternative_user_id=f"AETITLES={ae_title}",
+                                         address=self.archive.address)
+            if not self._settings.audit.source_id:
+                self.source = m.AuditSource(ae_title, self.source.site_id)
         self.submit(m.application_activity(_now(), self.archive, started=started,
                                            launcher=m.Participant(launcher) if launcher else None))
 

@@ -25,7 +25,7 @@ from ilm.models import CopyState
 
 __all__ = [
     "CheckedCopy", "CopyToCheck", "RepairSource", "candidate_ids", "copies_by_ids", "record_checks", "mark_repaired",
-    "repair_sources", "fixity_counts", "missing_replicas", "add_replica", "ReplicaTodo",
+    "repair_sources", "fixity_counts", "marked_copies", "missing_replicas", "add_replica", "ReplicaTodo",
 ]
 
 CHECKED_STATES = (CopyState.VERIFIED.value, CopyState.BAD.value, CopyState.MISSING.value)
@@ -126,6 +126,15 @@ def record_checks(conn: Connection, checked: Iterable[CheckedCopy], now: datetim
     if changed:
         refresh_study_tiers(conn, changed)
     return newly
+
+
+def marked_copies(conn: Connection, sop_uid: str) -> list[CopyToCheck]:
+    """The whole-object copies of an instance marked bad or missing."""
+    ids = [int(r[0]) for r in conn.execute(
+        select(locations.c.id).join(instances, instances.c.id == locations.c.instance_pk)
+        .where(instances.c.sop_uid == sop_uid, locations.c.state.in_(_PROBLEM_STATES),
+               locations.c.pack_offset.is_(None)))]
+    return copies_by_ids(conn, ids)
 
 
 def mark_repaired(conn: Connection, location_id: int, instance_pk: int, now: datetime) -> bool:

@@ -36,7 +36,8 @@ from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.copies import InstanceCopy
 from ilm.catalog.fixity import (
-    CheckedCopy, CopyToCheck, candidate_ids, copies_by_ids, mark_repaired, record_checks, repair_sources,
+    CheckedCopy, CopyToCheck, candidate_ids, copies_by_ids, mark_repaired, marked_copies, record_checks,
+    repair_sources,
 )
 from ilm.config import Settings
 from ilm.errors import ConfigError, IlmError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
@@ -46,7 +47,7 @@ from ilm.lifecycle.move import put_verified
 from ilm.models import CopyState
 from ilm.storage import Tier
 
-__all__ = ["CopyProblem", "VerifyReport", "verify", "sample_ids", "UNREADABLE"]
+__all__ = ["CopyProblem", "VerifyReport", "verify", "sample_ids", "UNREADABLE", "replace_copy", "repair_from_resend"]
 
 log = logging.getLogger("ilm.fixity")
 
@@ -213,23 +214,49 @@ class _Run:
                 if len(data) != c.size or hashlib.sha256(data).hexdigest() != c.sha256:
                     problems.append(f"{s.tier}: its bytes do not match the catalog either")
                     continue
-                dst = self.tiers(c.tier)
-                if r.state == CopyState.BAD.value:
-                    dst.delete(c.key)  # the good bytes are in hand: the bad object makes room for them
-                put_verified(InstanceCopy(c.instance_pk, c.sop_uid, c.sha256, c.size, c.tier, c.key, c.state),
-                             data, s.tier, dst)
+                replace_copy(self.catalog, self.tiers, c, data, source=s.tier, actor=self.actor)
             except (StorageError, IlmError) as exc:
                 problems.append(f"{s.tier}: {exc}")
                 continue
-            now = _now()
-            with self.catalog.write() as conn:
-                mark_repaired(conn, c.location_id, c.instance_pk, now)
-                append_audit(conn, at=now, actor=self.actor, action="fixity.repair", study_uid=c.study_uid,
-                             detail={"tier": c.tier, "key": c.key, "sop_uid": c.sop_uid, "from": s.tier,
-                                     "was": r.state})
-            log.info("fixity: repaired %s:%s (%s) from tier %r", c.tier, c.key, c.sop_uid, s.tier)
             return s.tier, ""
         return None, "repair failed: " + "; ".join(problems)
+
+
+def replace_copy(catalog: Catalog, tiers: Callable[[str], Tier], c: CopyToCheck, data: bytes, *, source: str,
+                 actor: str) -> None:
+    """Put ``data`` (checked by the caller against the catalog) in place of the
+    marked copy ``c`` with the move's copy step, then mark it verified and audit
+    the repair. The bad object is removed only now that good bytes are in hand."""
+    dst = tiers(c.tier)
+    if c.state == CopyState.BAD.value:
+        dst.delete(c.key)
+    put_verified(InstanceCopy(c.instance_pk, c.sop_uid, c.sha256, c.size, c.tier, c.key, c.state), data, source, dst)
+    now = _now()
+    with catalog.write() as conn:
+        mark_repaired(conn, c.location_id, c.instance_pk, now)
+        append_audit(conn, at=now, actor=actor, action="fixity.repair", study_uid=c.study_uid,
+                     detail={"tier": c.tier, "key": c.key, "sop_uid": c.sop_uid, "from": source, "was": c.state})
+    log.info("fixity: repaired %s:%s (%s) from %s", c.tier, c.key, c.sop_uid, source)
+
+
+def repair_from_resend(catalog: Catalog, tiers: Callable[[str], Tier], sop_uid: str, data: bytes, sha256: str,
+                       source: str) -> int:
+    """An instance was received again with the very bytes the catalog knows:
+    repair its copies marked bad or missing with them (whole-object copies on
+    online tiers). Returns how many were repaired; failures are logged only
+    (the re-send itself succeeded as a duplicate)."""
+    with catalog.read() as conn:
+        marked = marked_copies(conn, sop_uid)
+    done = 0
+    for c in marked:
+        if c.sha256 != sha256 or c.size != len(data):
+            continue
+        try:
+            replace_copy(catalog, tiers, c, data, source=f"a re-send ({source})", actor="ilm-ingest")
+            done += 1
+        except (StorageError, IlmError) as exc:
+            log.warning("fixity: %s:%s not repaired from a re-send: %s", c.tier, c.key, exc)
+    return done
 
 
 def verify(
