@@ -111,7 +111,7 @@ def test_every_route_declares_a_role(app: FastAPI) -> None:
 def test_public_routes_are_exactly_the_allow_list(app: FastAPI, client: TestClient) -> None:
     public = [r for r in route_roles(app) if r.path in PUBLIC]
     assert {r.path for r in public} == {"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc",
-                                        "/login", "/static"}
+                                        "/login", "/static", "/health/ready"}
     assert all(r.role is None for r in public)
     assert client.get("/health").json() == {"status": "ok"}
     spec = client.get("/openapi.json").json()

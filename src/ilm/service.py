@@ -9,6 +9,7 @@ nothing.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import os
@@ -48,7 +49,7 @@ from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.audit import read_audit
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows
+from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows, plan_action_totals
 from ilm.catalog.retention import HoldRow, QuarantinedStudy, patient_key, quarantined_studies
 from ilm.lifecycle import retention
 from ilm.lifecycle.apply import ApplyReport, apply_plan
@@ -56,8 +57,8 @@ from ilm.lifecycle.move import RecoveryReport, recover_moves
 from ilm.lifecycle import watermark, worm
 from ilm.lifecycle.plan import PlanResult, PolicySource, make_plan, read_policy
 from ilm.lifecycle.promote import Promoter
-from ilm.lifecycle.tiering import TIERING_POLICY
-from ilm.policy import Decision, evaluate
+from ilm.lifecycle.tiering import TIERING_POLICY, tiering_settings
+from ilm.policy import Decision, evaluate, parse_policy
 from ilm.catalog.find import find as find_entities, query_attributes
 from ilm.errors import CatalogError
 from ilm.lifecycle import restore as restore_flow
@@ -72,6 +73,11 @@ from ilm.fixity.scrub import FixityStatus, Scrubber, fixity_status
 from ilm.policy.durations import Period
 from ilm.security.roles import Principal
 from ilm.security.tokens import TokenRow, TokenStore
+from ilm.catalog.queries import ping as ping_catalog
+from ilm import health
+from ilm.lifecycle.apply import PlanChanged
+from ilm.lifecycle.plan_compare import compare_decisions, export_plan, peer_decisions
+from ilm.metrics import ArchiveMetrics, CatalogSnapshot, PromotionCounts
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -158,6 +164,7 @@ class ArchiveService:
         self.replicas = Replicator(settings, self.catalog, self.tier)  # the ``replicas`` tier option (ilm.fixity)
         self.scrub = Scrubber(self.catalog, settings, self.tier)  # ilm serve starts it
         self._tokens = TokenStore(self.catalog)  # API tokens (ilm.security)
+        self.metrics = ArchiveMetrics(self._metrics_snapshot, self._promotion_counts)  # GET /metrics (ilm.metrics)
         # Applies started over HTTP run in the background; their progress is polled (ilm.jobs).
         self.apply_jobs = ApplyJobs(lambda plan_id, by, progress: self.apply(plan_id, approved_by=by,
                                                                               progress=progress))
@@ -198,6 +205,8 @@ class ArchiveService:
         except RejectedInstance as exc:
             return IngestResult(IngestStatus.REJECTED, source, size=len(data), reason=exc.reason)
         result = self._ingest_facts(facts, blob, source, study_uid)
+        if result.status is IngestStatus.STORED:
+            self.metrics.stored(source, result.size)
         if batch is not None:
             batch.note(facts, result.status in (IngestStatus.STORED, IngestStatus.DUPLICATE))
         return result
@@ -558,16 +567,19 @@ class ArchiveService:
 
     def plan(self, policy: Path, *, as_of: date, by: str, store: bool = True,
              progress: Callable[[int], None] | None = None) -> PlanResult:
-        return make_plan(self.catalog, self.settings, self.read_policy(policy), as_of=as_of, created_by=by,
-                         store=store, progress=progress)
+        source = self.read_policy(policy)
+        with self.metrics.policy_run("plan"):
+            return make_plan(self.catalog, self.settings, source, as_of=as_of, created_by=by,
+                             store=store, progress=progress)
 
     def plan_get(self, plan_id: str) -> PlanRow | None:
         with self.catalog.read() as conn:
             return get_plan(conn, plan_id)
 
-    def plan_actions(self, plan_id: str) -> list[ActionRow]:
+    def plan_actions(self, plan_id: str, *, states: tuple[str, ...] | None = None, limit: int | None = None,
+                     offset: int = 0) -> list[ActionRow]:
         with self.catalog.read() as conn:
-            return list(plan_action_rows(conn, plan_id))
+            return list(plan_action_rows(conn, plan_id, states, limit=limit, offset=offset))
 
     def plans(self, limit: int = 50) -> list[PlanRow]:
         with self.catalog.read() as conn:
@@ -599,6 +611,29 @@ class ArchiveService:
     def apply_start(self, plan_id: str, *, approved_by: str) -> ApplyProgress:
         """Start applying a plan in the background (REST API, dashboard); poll ``apply_progress``.
 
+        """Execute a stored plan (see ilm.lifecycle.apply); counted in the metrics."""
+        with self.metrics.policy_run("apply"):
+            return self._counted_moves(lambda p: self._apply(plan_id, approved_by=approved_by, progress=p), progress)
+
+    def _counted_moves(self, run: Callable[[Callable[[ActionRow, str], None]], ApplyReport],
+                       progress: Callable[[ActionRow, str], None] | None) -> ApplyReport:
+        """Run an apply and count its moves (done, failed) and bytes moved in the metrics."""
+        moves: list[str] = []
+
+        def seen(a: ActionRow, state: str) -> None:
+            if a.decision == "transition":
+                moves.append(a.study_uid)
+            if progress is not None:
+                progress(a, state)
+
+        report = run(seen)
+        failed = {uid for uid, _ in report.failed}
+        skipped = {uid for uid, _ in report.skipped}
+        self.metrics.moved(done=sum(1 for u in moves if u not in failed and u not in skipped),
+                           failed=sum(1 for u in moves if u in failed), nbytes=report.bytes_moved)
+        return report
+
+    def _apply(self, plan_id: str, *, approved_by: str, progress: Callable[[ActionRow, str], None] | None) -> ApplyReport:
         NotFound for an unknown plan; NothingToApply for one without a pending
         or failed action. A start while the plan's apply runs returns that apply.
         The apply itself re-checks everything ``ilm apply`` does.
@@ -626,12 +661,116 @@ class ArchiveService:
                      progress: Callable[[int], None] | None = None) -> PlanResult:
         """The cooling-days moves alone, as a plan (ilm tiering run): planned with a
         policy without rules, so apply, --resume and the audit work on it unchanged."""
-        return make_plan(self.catalog, self.settings, self.read_policy(TIERING_POLICY), as_of=as_of, created_by=by,
-                         store=store, progress=progress)
+        with self.metrics.policy_run("plan"):
+            return make_plan(self.catalog, self.settings, self.read_policy(TIERING_POLICY), as_of=as_of, created_by=by,
+                             store=store, progress=progress)
+
+    def tiering_settings(self) -> dict[str, Any]:
+        """Each tier's cooling days, retrieval policy and prefetch settings (ilm tiering show)."""
+        return tiering_settings(self.settings)
 
     def scheduled_run(self, *, today: date | None = None) -> tuple[PlanRow, ApplyReport | None]:
         """Plan the configured schedule policy; apply it only when the policy is
         marked auto_apply and contains no expiry rule. Otherwise the plan waits
+    # -- for the REST API (ilm.web.api_*) ----------------------------------------
+
+    def policy_file(self, path: str) -> Path:
+        """A policy path an API client names: relative to ILM_HOME (or absolute) and inside it,
+        so a request cannot make the server read other files. IlmError otherwise."""
+        home = self.settings.home.resolve()
+        resolved = self.settings.resolve(path).resolve()
+        if not resolved.is_relative_to(home):
+            raise IlmError(f"policy path {path!r} is outside ILM_HOME ({home}); give a path inside it, "
+                           "or send the policy itself")
+        if not resolved.is_file():
+            raise IlmError(f"policy path {path!r}: no such file in ILM_HOME ({home})")
+        return resolved
+
+    def keep_policy(self, text: str) -> Path:
+        """Keep an uploaded policy as ILM_HOME/policies/api/<sha256>.yaml (apply re-reads a plan's
+        policy by path and checks its hash); PolicyError, and nothing kept, when it does not parse."""
+        parse_policy(text, known_tiers=self.settings.lifecycle_tiers, source="policy")  # PolicyError: refused whole
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        folder = self.settings.home / "policies" / "api"
+        path = folder / f"{digest[:32]}.yaml"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".tmp-{uuid.uuid4().hex}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        return path
+
+    def plan_export(self, plan_id: str) -> dict[str, Any]:
+        """A plan with its decisions as ``ilm plan export`` writes it (NotFound: no such plan)."""
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        return export_plan(plan, self.plan_actions(plan_id))
+
+    def plan_compare(self, plan_id: str, peer: Any) -> list[dict[str, Any]]:
+        """Where a stored plan and a peer's exported plan decide differently (ValueError: a bad export)."""
+        theirs = peer_decisions(peer)
+        mine = {a["study_uid"]: (a["action"], a["tier"], a["rule"]) for a in self.plan_export(plan_id)["decisions"]}
+        return compare_decisions(mine, theirs)
+
+    def check_policy_unchanged(self, plan_id: str) -> None:
+        """PlanChanged when the policy file of a plan changed since it was made (an apply would
+        refuse it): the REST API says so with 409 before starting anything. NotFound: no such plan."""
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        if watermark.is_watermark_plan(plan) or not plan.policy_path:
+            return
+        if self.read_policy(Path(plan.policy_path)).sha256 != plan.policy_sha256:
+            raise PlanChanged(f"plan {plan_id}: the policy file {plan.policy_path} changed since the plan "
+                              "was made; make a new plan")
+
+    def plan_progress(self, plan_id: str) -> dict[str, Any]:
+        """How far the apply of a plan is, from the catalog (so an ``ilm apply`` in another process
+        shows too): the plan's state, actions to do and processed, their bytes, and the background
+        apply of this process if there is one (``job``). NotFound: no such plan."""
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r}")
+        with self.catalog.read() as conn:
+            totals = plan_action_totals(conn, plan_id)
+        acting = {k: v for k, v in totals.items() if k[0] != "kept"}
+
+        def count(states: tuple[str, ...], *, nbytes: bool = False) -> int:
+            return sum(v[1] if nbytes else v[0] for (state, decision), v in acting.items()
+                       if state in states and (not nbytes or decision == "transition"))
+
+        processed = ("done", "skipped", "failed")
+        every = ("pending", *processed)
+        return {"plan_id": plan_id, "plan_state": plan.state, "approved_by": plan.approved_by,
+                "total": count(every), "processed": count(processed), "done": count(("done",)),
+                "skipped": count(("skipped",)), "failed": count(("failed",)),
+                "bytes_total": count(every, nbytes=True), "bytes_processed": count(processed, nbytes=True),
+                "job": self.apply_progress(plan_id)}
+
+    def quarantined(self) -> list[QuarantinedStudy]:
+        """Expired studies in quarantine (restorable until purged), due or not."""
+        with self.catalog.read() as conn:
+            return quarantined_studies(conn)
+
+    def ready(self) -> health.Readiness:
+        """Whether the catalog and every tier answer now (GET /health/ready)."""
+        def ping() -> None:
+            with self.catalog.read() as conn:
+                ping_catalog(conn)
+
+        return health.readiness(ping, {name: functools.partial(self.tier, name) for name in self.settings.tiers})
+
+    def _metrics_snapshot(self) -> CatalogSnapshot:
+        tiers = dict.fromkeys(self.settings.tiers, (0, 0))  # an empty tier shows as 0, not as missing
+        tiers.update({r.key: (r.studies, r.size_bytes) for r in self.summary()["tier"]})
+        pending = sum(1 for r in self.restores(active_only=True) if r.state in ("requested", "restoring"))
+        return CatalogSnapshot(tiers, pending)
+
+    def _promotion_counts(self) -> PromotionCounts:
+        st = self.promotions.stats
+        return PromotionCounts(promoted=st.promoted, failed=st.failed, bytes_moved=st.bytes_moved)
+
         for approval (ilm apply)."""
         path = self.settings.lifecycle.schedule_policy
         if not path:
@@ -739,8 +878,10 @@ class ArchiveService:
         for wp in watermark.plan_watermarks(self.catalog, self.settings, self.tier, by=by, tier=tier, policy=source):
             report = None
             if wp.plan is not None:
-                report = watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, wp.plan.id,
-                                                        policy=source, approved_by=by)
+                plan_id = wp.plan.id
+                report = self._counted_moves(
+                    lambda p: watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, plan_id,
+                                                             policy=source, approved_by=by, progress=p), None)
             out.append((wp, report))
         return out
 
@@ -756,6 +897,7 @@ class ArchiveService:
     def token_revoke(self, ref: str, *, by: str) -> list[TokenRow]:
         """Revoke the token with ID ``ref``, or the tokens named ``ref`` (NotFound: none)."""
         return self._tokens.revoke(ref, by=by)
+        self.metrics.watermark_runs.inc()
 
     def authenticate(self, token: str) -> Principal:
         """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired."""

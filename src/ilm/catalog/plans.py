@@ -18,6 +18,7 @@ __all__ = [
     "PlanRow",
     "ActionRow",
     "insert_plan",
+    "plan_action_totals",
     "get_plan",
     "list_plans",
     "plan_action_rows",
@@ -83,13 +84,24 @@ def list_plans(conn: Connection, limit: int = 50) -> list[PlanRow]:
     return [_plan(r) for r in conn.execute(select(plans).order_by(plans.c.created_at.desc()).limit(limit))]
 
 
-def plan_action_rows(conn: Connection, plan_id: str, states: tuple[str, ...] | None = None) -> Iterator[ActionRow]:
+def plan_action_rows(conn: Connection, plan_id: str, states: tuple[str, ...] | None = None, *,
+                     limit: int | None = None, offset: int = 0) -> Iterator[ActionRow]:
     q = select(plan_actions).where(plan_actions.c.plan_id == plan_id).order_by(plan_actions.c.id)
     if states:
         q = q.where(plan_actions.c.state.in_(states))
+    if limit is not None or offset:
+        q = q.limit(limit).offset(offset)
     for r in conn.execute(q):
         yield ActionRow(r.study_uid, r.decision, r.target_tier, r.rule_id, json.loads(r.vetoes or "[]"),
                         r.fingerprint, r.instance_count, int(r.size_bytes), r.state, r.reason)
+
+
+def plan_action_totals(conn: Connection, plan_id: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(state, decision) -> (actions, bytes) of one plan: an apply's progress in one query."""
+    q = (select(plan_actions.c.state, plan_actions.c.decision, func.count(),
+                func.coalesce(func.sum(plan_actions.c.size_bytes), 0))
+         .where(plan_actions.c.plan_id == plan_id).group_by(plan_actions.c.state, plan_actions.c.decision))
+    return {(str(s), str(d)): (int(n), int(b)) for s, d, n, b in conn.execute(q)}
 
 
 def set_action_state(conn: Connection, plan_id: str, study_uid: str, state: str, reason: str, now: datetime) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import distinct, func, literal, select
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.schema import instances, locations, patients, series, studies
@@ -12,7 +12,13 @@ from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter,
 
 __all__ = [
     "list_studies", "study_detail", "find_instance", "archive_summary", "location_exists", "instance_locations",
+    "ping",
 ]
+
+
+def ping(conn: Connection) -> None:
+    """A round trip to the database (readiness checks): raises when it cannot answer."""
+    conn.execute(select(literal(1))).scalar_one()
 
 
 def _split(text: str) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,8 @@ from rich.table import Table
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json, settings_from
 from ilm.cli.archive import human_bytes
 from ilm.cli.lifecycle import ByOption, _who
-from ilm.errors import IlmError
+from ilm.errors import IlmError, NotFound
+from ilm.lifecycle.plan_compare import compare_decisions, peer_decisions
 from ilm.policy import PolicyError, check_policy
 
 policy_app = typer.Typer(help="Lifecycle policies.", no_args_is_help=True)
@@ -124,24 +126,15 @@ def plan(
     console.print(f"review: ilm plan show {p.id}    apply: ilm apply {p.id}", highlight=False)
 
 
-def _compare(decisions: list[Any], other: Path) -> list[dict[str, Any]]:
+def _compare(decisions: Sequence[Any], other: Path) -> list[dict[str, Any]]:
     try:
-        peer = json.loads(other.read_text())
-        theirs = {a["study_uid"]: a for a in peer["decisions"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        theirs = peer_decisions(json.loads(other.read_text()))
+    except (OSError, ValueError) as exc:
         fail(f"{other}: not a plan exported by 'ilm plan export': {exc}", 2)
-    diffs = []
-    mine = {d.study_uid: d for d in decisions}
-    for uid in sorted(set(mine) | set(theirs)):
-        a = mine.get(uid)
-        b = theirs.get(uid)
-        here = (a.action.value, a.tier) if a else ("absent", None)
-        # an export lists only the studies a plan acts on or vetoed: the rest are kept
-        there = (b["action"], b.get("tier")) if b else ("keep", None)
-        if here != there:
-            diffs.append({"study_uid": uid, "here": here[0], "here_tier": here[1], "here_rule": a.rule_id if a else None,
-                          "peer": there[0], "peer_tier": there[1], "peer_rule": b.get("rule") if b else None})
-    return diffs
+    mine = {d.study_uid: (d.action.value, d.tier, d.rule_id) for d in decisions}
+    # every active study is decided here: one the peer has and we do not is absent, not kept
+    mine.update({uid: ("absent", None, None) for uid in theirs if uid not in mine})
+    return compare_decisions(mine, theirs)
 
 
 def _print_diff(diff: list[dict[str, Any]]) -> None:
@@ -196,18 +189,12 @@ def plan_list(home: Optional[Path] = HomeOption, json_out: bool = typer.Option(F
 def plan_export(plan_id: str, file: Path, home: Optional[Path] = HomeOption) -> None:
     """Write a plan to a JSON file, to compare on a peer archive (ilm plan --compare FILE)."""
     with open_service(home) as service:
-        p = service.plan_get(plan_id)
-        if p is None:
-            fail(f"no plan {plan_id!r}", 1)
-        actions = service.plan_actions(plan_id)
-    body = {
-        "plan_id": p.id, "policy_name": p.policy_name, "policy_sha256": p.policy_sha256, "as_of": p.as_of.isoformat(),
-        "plan_sha256": p.plan_sha256, "summary": p.summary,
-        "decisions": [{"study_uid": a.study_uid, "action": a.decision if a.state != "kept" else "keep",
-                       "tier": a.target_tier, "rule": a.rule_id, "vetoes": a.vetoes} for a in actions],
-    }
+        try:
+            body = service.plan_export(plan_id)
+        except NotFound as exc:
+            fail(str(exc), 1)
     file.write_text(json.dumps(body, indent=1, default=str))
-    console.print(f"wrote {file} ({len(actions)} decisions)")
+    console.print(f"wrote {file} ({len(body['decisions'])} decisions)")
 
 
 @app.command()

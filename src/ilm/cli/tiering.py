@@ -29,6 +29,7 @@ from ilm.cli.archive import human_bytes
 from ilm.cli.lifecycle import ByOption, _who
 from ilm.cli.policy import _as_of, _print_summary
 from ilm.errors import IlmError
+from ilm.lifecycle.tiering import tiering_settings
 
 tiering_app = typer.Typer(help="Access-based tiering: cooling days, promotion on read, prefetch of priors.",
                           no_args_is_help=True)
@@ -98,17 +99,10 @@ def tiering_run(
 def tiering_show(home: Path | None = HomeOption, json_out: bool = typer.Option(False, "--json")) -> None:
     """Each tier's cooling days, retrieval policy and prefetch settings."""
     settings = settings_from(home)
-    rows: list[dict[str, Any]] = []
-    names = list(settings.tiers)
-    for i, (name, t) in enumerate(settings.tiers.items()):
-        nxt = names[i + 1] if i + 1 < len(names) else None
-        rows.append({
-            "tier": name, "cooling_days": t.cooling_days, "moves_to": nxt if t.cooling_days else None,
-            "retrieval_policy": t.retrieval_policy, "archive": t.archive,
-            "prefetch": t.prefetch.model_dump() if t.retrieval_policy == "prefetch_priors" else None,
-        })
+    shown = tiering_settings(settings)
+    rows: list[dict[str, Any]] = shown["tiers"]
     if json_out:
-        print_json({"tiers": rows, "promotions_per_minute": settings.lifecycle.promotions_per_minute})
+        print_json(shown)
         return
     table = Table("Tier", "Cooling", "Retrieval policy", "Prefetch")
     for r in rows:

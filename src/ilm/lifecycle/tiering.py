@@ -38,7 +38,8 @@ from ilm.policy.tiering import (
     is_cooling_rule,
 )
 
-__all__ = ["TIERING_POLICY", "cooling_enabled", "is_cooling_rule", "recheck", "tier_roles", "with_cooling"]
+__all__ = ["TIERING_POLICY", "cooling_enabled", "is_cooling_rule", "recheck", "tier_roles", "with_cooling",
+           "tiering_settings"]
 
 # A policy without rules: a plan made with it holds the cooling moves alone.
 TIERING_POLICY = Path(str(package_files("ilm").joinpath("data/tiering-policy.yaml")))
@@ -120,3 +121,18 @@ def recheck(catalog: Catalog, settings: Settings, study: StudyFacts, policy_deci
     with catalog.read() as conn:
         arrived = tier_arrivals(conn, [study.study_uid], tier).get(study.study_uid)
     return cooling_recheck(study, rule_id, target, tier_roles(settings), as_of, arrived)
+
+
+def tiering_settings(settings: Settings) -> dict[str, Any]:
+    """Each tier's cooling days (and the tier it moves to), retrieval policy and prefetch
+    settings, and the promotion cap (ilm tiering show, GET /api/tiering)."""
+    rows: list[dict[str, Any]] = []
+    names = list(settings.tiers)
+    for i, (name, t) in enumerate(settings.tiers.items()):
+        nxt = names[i + 1] if i + 1 < len(names) else None
+        rows.append({
+            "tier": name, "cooling_days": t.cooling_days, "moves_to": nxt if t.cooling_days else None,
+            "retrieval_policy": t.retrieval_policy, "archive": t.archive,
+            "prefetch": t.prefetch.model_dump() if t.retrieval_policy == "prefetch_priors" else None,
+        })
+    return {"tiers": rows, "promotions_per_minute": settings.lifecycle.promotions_per_minute}

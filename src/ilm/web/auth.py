@@ -37,7 +37,8 @@ __all__ = ["require", "required_role", "principal", "PUBLIC", "ANONYMOUS", "Rout
 # Paths served without a token: liveness, the API description (it holds no
 # data, only what the open-source code says; Swagger UI's "Authorize" takes a
 # token), the dashboard's sign-in page and its stylesheet (ilm.web.dashboard).
-PUBLIC = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/login", "/static"})
+PUBLIC = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc", "/login", "/static",
+                    "/health/ready"})
 
 ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
 
