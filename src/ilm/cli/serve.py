@@ -91,7 +91,7 @@ def serve(
             fail(str(exc), 2)
         except OSError as exc:
             fail(f"cannot listen for DICOM on {dicom.host}:{dicom.port}: {exc.strerror or exc}", 2)
-        service.atna.application(started=True, launcher=_launcher())  # audit: Application Start
+        service.atna.application(started=True, launcher=_launcher(), ae_title=scp.ae_title)  # audit: Application Start
         try:
             console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port}{' over TLS' if dicom.tls_cert else ''} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
             console.print(f"DICOMweb {'https' if https else 'http'}://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)

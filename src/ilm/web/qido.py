@@ -51,7 +51,7 @@ from pydicom.dataset import Dataset
 from ilm.atna.messages import QueryAudit
 from ilm.errors import CatalogError, InvalidQuery
 from ilm.service import ArchiveService
-from ilm.web.auth import require
+from ilm.web.auth import principal, require
 
 __all__ = ["qido_router", "MAX_RESULTS", "DEFAULT_FIELDS"]
 
@@ -210,7 +210,9 @@ class _Search:
 
         asked = self.max_results if limit is None else min(limit, self.max_results)
         client = request.client.host if request.client else ""
-        audit = QueryAudit(client or "unknown", client, query=f"{request.url.path}?{request.url.query}".encode())
+        caller = principal(request)  # the API token's name when auth is on, else the client's address
+        audit = QueryAudit(caller.who if caller.token_id is not None else client or "unknown", client,
+                           query=f"{request.url.path}?{request.url.query}".encode())
         rows = self.service.query(level, filters, fields=fields, limit=asked + 1, offset=offset, audit=audit)
         if len(rows) > asked:
             rows = rows[:asked]
