@@ -597,20 +597,6 @@ class ArchiveService:
 
     def apply(self, plan_id: str, *, approved_by: str,
               progress: Callable[[ActionRow, str], None] | None = None) -> ApplyReport:
-        plan = self.plan_get(plan_id)
-        if plan is None:
-            raise NotFound(f"no plan {plan_id!r} (see 'ilm plan list')")
-        if watermark.is_watermark_plan(plan):  # a watermark run's plan (ilm watermark)
-            source = self.read_policy(Path(plan.policy_path)) if plan.policy_path else None
-            return watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, plan_id, policy=source,
-                                                  approved_by=approved_by, progress=progress)
-        source = self.read_policy(Path(plan.policy_path))
-        return apply_plan(self.catalog, self.settings, self.tier, plan_id, source, approved_by=approved_by,
-                          progress=progress)
-
-    def apply_start(self, plan_id: str, *, approved_by: str) -> ApplyProgress:
-        """Start applying a plan in the background (REST API, dashboard); poll ``apply_progress``.
-
         """Execute a stored plan (see ilm.lifecycle.apply); counted in the metrics."""
         with self.metrics.policy_run("apply"):
             return self._counted_moves(lambda p: self._apply(plan_id, approved_by=approved_by, progress=p), progress)
@@ -634,6 +620,20 @@ class ArchiveService:
         return report
 
     def _apply(self, plan_id: str, *, approved_by: str, progress: Callable[[ActionRow, str], None] | None) -> ApplyReport:
+        plan = self.plan_get(plan_id)
+        if plan is None:
+            raise NotFound(f"no plan {plan_id!r} (see 'ilm plan list')")
+        if watermark.is_watermark_plan(plan):  # a watermark run's plan (ilm watermark)
+            source = self.read_policy(Path(plan.policy_path)) if plan.policy_path else None
+            return watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, plan_id, policy=source,
+                                                  approved_by=approved_by, progress=progress)
+        source = self.read_policy(Path(plan.policy_path))
+        return apply_plan(self.catalog, self.settings, self.tier, plan_id, source, approved_by=approved_by,
+                          progress=progress)
+
+    def apply_start(self, plan_id: str, *, approved_by: str) -> ApplyProgress:
+        """Start applying a plan in the background (REST API, dashboard); poll ``apply_progress``.
+
         NotFound for an unknown plan; NothingToApply for one without a pending
         or failed action. A start while the plan's apply runs returns that apply.
         The apply itself re-checks everything ``ilm apply`` does.
@@ -653,25 +653,6 @@ class ArchiveService:
         """Progress of the background apply of ``plan_id`` in this process (None: none was started here)."""
         return self.apply_jobs.status(plan_id)
 
-    def recover(self) -> RecoveryReport:
-        """Finish or roll back moves a crash interrupted."""
-        return recover_moves(self.catalog, self.tier)
-
-    def tiering_plan(self, *, as_of: date, by: str, store: bool = True,
-                     progress: Callable[[int], None] | None = None) -> PlanResult:
-        """The cooling-days moves alone, as a plan (ilm tiering run): planned with a
-        policy without rules, so apply, --resume and the audit work on it unchanged."""
-        with self.metrics.policy_run("plan"):
-            return make_plan(self.catalog, self.settings, self.read_policy(TIERING_POLICY), as_of=as_of, created_by=by,
-                             store=store, progress=progress)
-
-    def tiering_settings(self) -> dict[str, Any]:
-        """Each tier's cooling days, retrieval policy and prefetch settings (ilm tiering show)."""
-        return tiering_settings(self.settings)
-
-    def scheduled_run(self, *, today: date | None = None) -> tuple[PlanRow, ApplyReport | None]:
-        """Plan the configured schedule policy; apply it only when the policy is
-        marked auto_apply and contains no expiry rule. Otherwise the plan waits
     # -- for the REST API (ilm.web.api_*) ----------------------------------------
 
     def policy_file(self, path: str) -> Path:
@@ -771,6 +752,25 @@ class ArchiveService:
         st = self.promotions.stats
         return PromotionCounts(promoted=st.promoted, failed=st.failed, bytes_moved=st.bytes_moved)
 
+    def recover(self) -> RecoveryReport:
+        """Finish or roll back moves a crash interrupted."""
+        return recover_moves(self.catalog, self.tier)
+
+    def tiering_plan(self, *, as_of: date, by: str, store: bool = True,
+                     progress: Callable[[int], None] | None = None) -> PlanResult:
+        """The cooling-days moves alone, as a plan (ilm tiering run): planned with a
+        policy without rules, so apply, --resume and the audit work on it unchanged."""
+        with self.metrics.policy_run("plan"):
+            return make_plan(self.catalog, self.settings, self.read_policy(TIERING_POLICY), as_of=as_of, created_by=by,
+                             store=store, progress=progress)
+
+    def tiering_settings(self) -> dict[str, Any]:
+        """Each tier's cooling days, retrieval policy and prefetch settings (ilm tiering show)."""
+        return tiering_settings(self.settings)
+
+    def scheduled_run(self, *, today: date | None = None) -> tuple[PlanRow, ApplyReport | None]:
+        """Plan the configured schedule policy; apply it only when the policy is
+        marked auto_apply and contains no expiry rule. Otherwise the plan waits
         for approval (ilm apply)."""
         path = self.settings.lifecycle.schedule_policy
         if not path:
@@ -883,6 +883,7 @@ class ArchiveService:
                     lambda p: watermark.apply_watermark_plan(self.catalog, self.settings, self.tier, plan_id,
                                                              policy=source, approved_by=by, progress=p), None)
             out.append((wp, report))
+        self.metrics.watermark_runs.inc()
         return out
 
     # -- API tokens and roles (ilm.security) ------------------------------------
@@ -897,7 +898,6 @@ class ArchiveService:
     def token_revoke(self, ref: str, *, by: str) -> list[TokenRow]:
         """Revoke the token with ID ``ref``, or the tokens named ``ref`` (NotFound: none)."""
         return self._tokens.revoke(ref, by=by)
-        self.metrics.watermark_runs.inc()
 
     def authenticate(self, token: str) -> Principal:
         """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired."""
