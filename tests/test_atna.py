@@ -162,6 +162,13 @@ def test_bad_audit_config_is_refused_naming_the_key(tmp_path: Path, extra: str, 
     assert r.exit_code == 2 and key in r.output
 
 
+def test_missing_tls_files_are_a_config_error(tmp_path: Path) -> None:
+    write_config(tmp_path, "sqlite:///x.sqlite", _audit_config(6514, 'syslog_tls = true\nsyslog_ca = "nowhere.pem"'))
+    r = runner.invoke(app, ["audit", "--home", str(tmp_path)])
+    assert r.exit_code == 2 and "audit.syslog_ca" in r.output and "nowhere.pem" in r.output
+    assert not (tmp_path / "audit-spool.log").exists()
+
+
 # -- real operations against a receiver on loopback ----------------------------------------------
 
 
@@ -451,3 +458,46 @@ def test_ilm_serve_start_stop_and_a_cstore_while_the_receiver_is_down(
             proc.kill()
             proc.wait(timeout=30)
         receiver.stop()
+
+
+def test_getscu_is_instances_transferred_to_the_calling_ae(
+        scp: DicomServer, service: ArchiveService, receiver: SyslogReceiver, pydicom_test_files: Path,
+        tmp_path: Path) -> None:
+    service.import_paths(_files(pydicom_test_files, tmp_path / "in", {STUDY_B: ("PAT-B", 2)}))
+    out = tmp_path / "got"
+    out.mkdir()
+    r = subprocess.run(["getscu", "-aet", "VIEWER", "-aec", AET, "-S", "+B", "-od", str(out),
+                        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY_B}",
+                        "127.0.0.1", str(scp.port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.iterdir())) == 2
+    (rec,) = wait_for(lambda: _of(receiver, "110104"), what="an instances-transferred message")
+    assert _study_ids(rec.xml) == [STUDY_B] and _patient_ids(rec.xml) == ["PAT-B"]
+    dest = [p for p in rec.xml.findall("ActiveParticipant") if _codes(p, "RoleIDCode") == ["110152"]]
+    assert [(p.get("UserID"), p.get("AlternativeUserID"), p.get("UserIsRequestor")) for p in dest] == \
+        [("VIEWER", "AETITLES=VIEWER", "true")]
+    detail = rec.xml.find("ParticipantObjectIdentification/ParticipantObjectDetail")
+    assert detail is not None and base64.b64decode(detail.get("value", "")) == b"c-get"
+
+
+def test_purge_and_restore_from_the_trail(service: ArchiveService, receiver: SyslogReceiver,
+                                          pydicom_test_files: Path, tmp_path: Path) -> None:
+    from ilm.lifecycle.retention import expire_study
+
+    service.import_paths(_files(pydicom_test_files, tmp_path / "in", {STUDY_A: ("PAT-A", 1), STUDY_B: ("PAT-B", 1)}))
+    for uid in (STUDY_A, STUDY_B):
+        assert expire_study(service.catalog, uid, quarantine=timedelta(0), by="dr-admin")
+    service.restore(STUDY_B, "dr-admin")
+    report = service.purge("dr-purge")
+    assert report.purged == [STUDY_A]
+    wait_for(lambda: len(_of(receiver, "110105")) == 3, what="two expiries and one purge")
+    phases = {}
+    for rec in _of(receiver, "110105"):
+        details = {d.get("type"): base64.b64decode(d.get("value", "")).decode()
+                   for d in rec.xml.findall("ParticipantObjectIdentification/ParticipantObjectDetail")}
+        phases[(_study_ids(rec.xml)[0], details["ilm-phase"])] = _patient_ids(rec.xml)
+    assert phases == {(STUDY_A, "quarantined"): ["PAT-A"], (STUDY_B, "quarantined"): ["PAT-B"],
+                      (STUDY_A, "purged"): ["PAT-A"]}  # the purged study's patient from its tombstone
+    (restored,) = wait_for(lambda: _of(receiver, "110103"), what="the restore")
+    assert restored.xml.find("EventIdentification").get("EventActionCode") == "U"  # type: ignore[union-attr]
+    assert _study_ids(restored.xml) == [STUDY_B] and _patient_ids(restored.xml) == ["PAT-B"]

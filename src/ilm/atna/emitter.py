@@ -40,6 +40,7 @@ from ilm.atna.syslog import audit_record, octet_frame
 from ilm.catalog import Catalog
 from ilm.catalog.atna import claim_audit_entries, study_objects
 from ilm.config import Settings
+from ilm.errors import ConfigError
 
 __all__ = ["AuditEmitter", "Retrieval", "SHIP_INTERVAL_SECONDS"]
 
@@ -147,10 +148,18 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     a = settings.audit
     if not a.syslog_tls:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                     cafile=str(settings.resolve(a.syslog_ca)) if a.syslog_ca else None)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(settings.resolve(a.syslog_ca)) if a.syslog_ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{settings.config_file}: key 'audit.syslog_ca': {settings.resolve(a.syslog_ca)}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from None
     if a.syslog_cert:
-        ctx.load_cert_chain(str(settings.resolve(a.syslog_cert)), str(settings.resolve(a.syslog_key)))
+        try:
+            ctx.load_cert_chain(str(settings.resolve(a.syslog_cert)), str(settings.resolve(a.syslog_key)))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{settings.config_file}: key 'audit.syslog_cert': {settings.resolve(a.syslog_cert)} "
+                              f"and {settings.resolve(a.syslog_key)}: {getattr(exc, 'strerror', None) or exc}") from None
     return ctx
 
 
