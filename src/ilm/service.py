@@ -498,6 +498,20 @@ class ArchiveService:
         return analytics.cost_report(self.catalog, self.settings, sources, today=today or date.today(),
                                      opts=options or analytics.CostOptions())
 
+    def report(self, policies: Iterable[Path] = (), *, today: date | None = None,
+               options: analytics.CostOptions | None = None, by: str = "ilm report") -> dict[str, Any]:
+        """What the HTML report shows: stats, the cost comparison, and each policy's plan
+        (a preview: not stored, nothing audited). PolicyError for a bad policy."""
+        day = today or date.today()
+        paths = list(policies)
+        cost = self.cost(paths, today=day, options=options)
+        plans = []
+        for p in paths:
+            made = self.plan(p, as_of=day, by=by, store=False)
+            plans.append({"policy": str(p), "name": made.plan.policy_name, "summary": made.plan.summary})
+        return {"as_of": day.isoformat(), "generated_at": _now().isoformat(timespec="seconds"),
+                "stats": self.stats(today=day), "cost": cost, "plans": plans}
+
     # -- lifecycle --------------------------------------------------------------
 
     def patient_key(self, patient_id: str, issuer: str = "") -> str:

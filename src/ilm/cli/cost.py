@@ -12,17 +12,24 @@ from ilm.analytics import CostOptions
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
 from ilm.cli.archive import human_bytes
 from ilm.cli.policy import _as_of
+from ilm.cost.shaping import money_text
 from ilm.errors import IlmError
 from ilm.policy import PolicyError
 from ilm.service import ArchiveService
 
-__all__ = ["cost", "run_cost", "print_cost", "PolicyOption"]
+__all__ = ["cost", "run_cost", "print_cost", "PolicyOption", "YearsOption", "GrowthGbOption",
+           "GrowthPercentOption", "SampleOption"]
 
 PolicyOption = typer.Option(None, "--policy", help="A policy file to project (repeatable).")
+YearsOption = typer.Option(10, "--years", min=1, max=50, help="Years to project.")
+GrowthGbOption = typer.Option(None, "--growth-gb-per-month", min=0,
+                              help="New data per month (default: from the catalog's history).")
+GrowthPercentOption = typer.Option(None, "--growth-percent", min=-100,
+                                   help="Yearly growth of the monthly new data, in percent.")
+SampleOption = typer.Option(1000, "--sample", min=1, help="Studies simulated (all in a smaller archive).")
 
 
-def _money(x: float) -> str:
-    return f"{x:,.2f}"
+_money = money_text
 
 
 def run_cost(service: ArchiveService, policies: list[Path], **kw: Any) -> dict[str, Any]:
@@ -84,12 +91,10 @@ def print_cost(r: dict[str, Any], *, brief: bool = False) -> None:
 @app.command()
 def cost(
     policy: Optional[list[Path]] = PolicyOption,
-    years: int = typer.Option(10, "--years", min=1, max=50, help="Years to project."),
-    growth_gb: Optional[float] = typer.Option(None, "--growth-gb-per-month", min=0,
-                                              help="New data per month (default: from the catalog's history)."),
-    growth_percent: Optional[float] = typer.Option(None, "--growth-percent", min=-100,
-                                                   help="Yearly growth of the monthly new data, in percent."),
-    sample: int = typer.Option(1000, "--sample", min=1, help="Studies simulated (all in a smaller archive)."),
+    years: int = YearsOption,
+    growth_gb: Optional[float] = GrowthGbOption,
+    growth_percent: Optional[float] = GrowthPercentOption,
+    sample: int = SampleOption,
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Project from this day (YYYY-MM-DD)."),
     home: Optional[Path] = HomeOption,
     json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),

@@ -235,6 +235,7 @@ def demo(
         console.print(f"access history: last access of {touched:,} studies set from the plan's reads")
         print_summary(service)
         _demo_lifecycle(service, home, cfg.reference)
+        _demo_cost(service, home, cfg.reference)
         demo_access(service, home)
     finally:
         service.close()
@@ -292,3 +293,21 @@ def _demo_lifecycle(service: ArchiveService, home: Path, today: date) -> None:
     breaks = service.audit_verify()
     console.print(f"audit trail: {len(service.audit())} entries, {'intact' if not breaks else 'BROKEN'} "
                   f"(ilm audit --home {home})", highlight=False)
+
+
+def _demo_cost(service: ArchiveService, home: Path, today: date) -> None:
+    """The cost comparison in a few lines, and the HTML report (docs/cost.md)."""
+    from ilm.cli.cost import print_cost
+    from ilm.report.html import render_html
+
+    policy = home / "demo-policy.yaml"
+    console.rule("cost")
+    try:
+        data = service.report([policy], today=today)
+    except IlmError as exc:
+        console.print(f"no cost report: {exc}", highlight=False)
+        return
+    print_cost(data["cost"], brief=True)
+    path = home / "report.html"
+    path.write_text(render_html(data), encoding="utf-8")
+    console.print(f"HTML report: {path} (ilm report --html FILE --policy FILE)", highlight=False)

@@ -15,13 +15,18 @@ from ilm.cost.projection import AGE_BUCKETS, Projection
 
 __all__ = [
     "age_labels", "size_labels", "composition", "split_modalities", "growth_from_history", "reads_report",
-    "never_read_report", "priors_report", "comparison", "money",
+    "never_read_report", "priors_report", "comparison", "money", "money_text",
 ]
 
 
 def money(x: float) -> float:
-    """Amounts in reports: rounded to cents."""
-    return round(x + 0.0, 2)
+    """Amounts in reports (JSON): to 1/100 of a cent, so that a small archive does not show zeros."""
+    return round(x + 0.0, 4)
+
+
+def money_text(x: float) -> str:
+    """Amounts as printed: cents, or four decimals under 1."""
+    return f"{x:,.2f}" if abs(x) >= 1 or x == 0 else f"{x:.4f}"
 
 
 def _months(n: int) -> str:

@@ -1,0 +1,58 @@
+"""ilm report --html FILE: cost, projections, plans and analytics in one self-contained HTML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ilm.analytics import CostOptions
+from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service
+from ilm.cli.cost import GrowthGbOption, GrowthPercentOption, PolicyOption, SampleOption, YearsOption
+from ilm.cli.policy import _as_of
+from ilm.errors import IlmError
+from ilm.policy import PolicyError
+from ilm.report.html import render_html
+
+__all__ = ["report"]
+
+
+@app.command()
+def report(
+    html: Path = typer.Option(..., "--html", help="The HTML file to write."),
+    policy: Optional[list[Path]] = PolicyOption,
+    years: int = YearsOption,
+    growth_gb: Optional[float] = GrowthGbOption,
+    growth_percent: Optional[float] = GrowthPercentOption,
+    sample: int = SampleOption,
+    as_of: Optional[str] = typer.Option(None, "--as-of", help="As of this day (YYYY-MM-DD)."),
+    home: Optional[Path] = HomeOption,
+) -> None:
+    """Write one HTML file (no network needed to view it): storage by tier over time, cost projection
+    per policy, reads by study age, what each policy's plan moves and deletes, the protections that vetoed."""
+    day = _as_of(as_of)
+    policies = list(policy or [])
+    for p in policies:
+        if not p.is_file():
+            fail(f"--policy {p}: no such file", 2)
+    if html.is_dir() or not html.parent.is_dir():
+        fail(f"--html {html}: not a file in an existing folder", 2)
+    opts = CostOptions(years=years, growth_gb_per_month=growth_gb, growth_percent=growth_percent, sample=sample)
+    with open_service(home) as service:
+        try:
+            data = service.report(policies, today=day, options=opts)
+        except PolicyError as exc:
+            for i in exc.issues:
+                err_console.print(str(i), highlight=False, soft_wrap=True)
+            fail("a policy has errors; no report was written", 2)
+        except IlmError as exc:
+            fail(str(exc), 2)
+    text = render_html(data)
+    tmp = html.with_name(html.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(html)
+    except OSError as exc:
+        fail(f"--html {html}: cannot write: {exc.strerror}", 1)
+    console.print(f"wrote {html} ({len(text.encode()) / 1e6:.1f} MB)", highlight=False)

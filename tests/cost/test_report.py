@@ -1,0 +1,144 @@
+"""ilm report --html on a synthetic archive, on SQLite and PostgreSQL: one self-contained file
+that parses, one SVG per chart with its series labels, and the numbers of ilm cost --json."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cost_archive import CT_TO_WARM, TODAY, archive  # noqa: F401 (the fixture)
+from ilm.cli import app
+from ilm.cost.shaping import money_text
+from ilm.synth.plan import StudySpec
+
+runner = CliRunner()
+# Expires what is over a year old: the default protections veto much of it (5-year minimum, ...).
+EXPIRE_OLD = """
+name: expire-old
+rules:
+  - id: older-than-a-year
+    when: {study_age: {older_than: P1Y}}
+    action: expire
+"""
+
+
+class _Page(HTMLParser):
+    """Every <svg> with the figure it sits in and its text; table cells with their data attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figure: str | None = None
+        self.svgs: dict[str, list[str]] = {}
+        self.depth = 0
+        self.cells: list[tuple[dict[str, str | None], str]] = []
+        self.cell: dict[str, str | None] | None = None
+        self.text = ""
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.ids: dict[str, str] = {}
+        self.span: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if tag == "figure":
+            self.figure = a.get("id")
+        elif tag == "svg":
+            self.depth += 1
+            if self.depth == 1:
+                assert self.figure is not None, "an SVG outside a figure"
+                self.svgs.setdefault(self.figure, []).append("")
+        elif tag == "td":
+            self.cell, self.text = a, ""
+        elif tag in ("strong", "span") and a.get("id"):
+            self.span, self.text = a["id"], ""
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self.depth -= 1
+        elif tag == "figure":
+            self.figure = None
+        elif tag == "td" and self.cell is not None:
+            self.cells.append((self.cell, self.text.strip()))
+            self.cell = None
+        elif tag in ("strong", "span") and self.span:
+            self.ids[self.span] = self.text.strip()
+            self.span = None
+
+    def handle_data(self, data: str) -> None:
+        if self.depth and self.figure:
+            self.svgs[self.figure][-1] += data + "\n"
+        self.text += data
+
+
+def test_report_is_self_contained_and_matches_ilm_cost(archive: tuple[Path, list[StudySpec]],
+                                                        tmp_path: Path) -> None:
+    home, _ = archive
+    policy = tmp_path / "ct.yaml"
+    policy.write_text(CT_TO_WARM)
+    expiring = tmp_path / "expire.yaml"
+    expiring.write_text(EXPIRE_OLD)
+    common = ["--years", "3", "--growth-gb-per-month", "20", "--growth-percent", "10", "--as-of", TODAY.isoformat(),
+              "--policy", str(policy), "--policy", str(expiring), "--home", str(home)]
+    out = tmp_path / "report.html"
+    r = runner.invoke(app, ["report", "--html", str(out), *common])
+    assert r.exit_code == 0, r.output
+    assert str(out) in r.output
+    c = runner.invoke(app, ["cost", "--json", *common])
+    assert c.exit_code == 0, c.output
+    cost = json.loads(c.output)
+    text = out.read_text(encoding="utf-8")
+
+    # self-contained: no URL at all, no script, no external style or image
+    assert "http://" not in text and "https://" not in text
+    page = _Page()
+    page.feed(text)
+    page.close()
+    assert not [t for t, a in page.tags if t in ("script", "link", "img", "iframe", "object")]
+    assert not [a for _t, a in page.tags if a.get("src") or (a.get("href") or "#").split("#")[0]]
+
+    # one SVG per chart, each with its series labels
+    assert {k: len(v) for k, v in page.svgs.items()} == {
+        f"chart-{n}": 1 for n in ("cost", "storage", "plans", "vetoes", "reads", "growth")}
+    names = [s["name"] for s in cost["scenarios"]]
+    assert names == ["keep everything on hot", "as it is, no policy", "ct-to-warm", "expire-old"]
+    for name in names:
+        assert name in page.svgs["chart-cost"][0]
+    assert "hot" in page.svgs["chart-storage"][0] and "warm" in page.svgs["chart-storage"][0]
+    for chart in ("chart-plans", "chart-vetoes"):
+        assert "ct-to-warm" in page.svgs[chart][0] and "expire-old" in page.svgs[chart][0]
+    assert "share of instances read per month" in page.svgs["chart-reads"][0]
+    assert "bytes received" in page.svgs["chart-growth"][0]
+    # the protections that vetoed: those of the plan of ilm plan, same policy, same day
+    plan = runner.invoke(app, ["plan", "--json", "--policy", str(expiring), "--as-of", TODAY.isoformat(),
+                               "--home", str(home)])
+    assert plan.exit_code == 0, plan.output
+    vetoes = json.loads(plan.output)["vetoes"]
+    assert vetoes and all(k in page.svgs["chart-vetoes"][0] for k in vetoes)
+
+    # the numbers are those of ilm cost --json
+    per_year = {(a["data-scenario"], a["data-year"]): (a["data-total"], t) for a, t in page.cells
+                if a.get("data-year")}
+    for i, s in enumerate(cost["scenarios"]):
+        for y in s["years"]:
+            assert per_year[(str(i), str(y["year"]))] == (str(y["total"]), money_text(y['total']))
+    totals = {a["data-scenario"]: t for a, t in page.cells if a.get("data-total") and not a.get("data-year")}
+    assert totals == {str(i): money_text(s['total']) for i, s in enumerate(cost["scenarios"])}
+    savings = {a["data-scenario"]: a["data-savings"] for a, _t in page.cells if a.get("data-savings")}
+    assert savings == {str(i): str(s["savings"]) for i, s in enumerate(cost["scenarios"])}
+    assert page.ids["monthly-total"] == money_text(cost['current']['monthly_total'])
+
+
+def test_report_refuses_a_bad_policy_and_writes_nothing(archive: tuple[Path, list[StudySpec]],
+                                                        tmp_path: Path) -> None:
+    home, _ = archive
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nrules:\n  - id: x\n    when: {modality: CT}\n    action: {transition: tape}\n")
+    out = tmp_path / "r.html"
+    r = runner.invoke(app, ["report", "--html", str(out), "--policy", str(bad), "--home", str(home)])
+    assert r.exit_code == 2 and "bad.yaml:5" in r.output
+    assert not out.exists()
+    r = runner.invoke(app, ["report", "--html", str(tmp_path / "no" / "r.html"), "--home", str(home)])
+    assert r.exit_code == 2 and "existing folder" in r.output
