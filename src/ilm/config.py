@@ -410,6 +410,14 @@ verify_mb_per_s = 0             # default read rate of 'ilm verify'; 0 = no limi
 #   replicas = ["mirror"]
 # and define [tiers.mirror] (an online tier that holds replicas only).
 
+# DICOM audit messages (IHE ATNA): imports, queries, retrievals, deletions, start/stop,
+# to a file and/or an audit record repository over syslog (docs/security.md).
+# [audit]
+# file = "audit/atna.log"
+# syslog_host = "arr.example.org"
+# syslog_port = 6514
+# syslog_tls = true
+
 # Tiers, hottest first: their order here is their order in the lifecycle.
 # Costs are per GB-month of storage and per GB retrieved; they drive the cost
 # reports. Prices below are list prices of 2025 (see docs/tiers.md).
