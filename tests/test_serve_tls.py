@@ -18,19 +18,9 @@ import pytest
 from conftest import write_config
 from support.certs import Certs, make_certs
 from support.servers import free_port, wait_port
+from test_cli_serve import _env, _ilm
 
 pytestmark = pytest.mark.dcmtk
-
-
-def _env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ILM_")}
-    env["ILM_HOME"] = str(home)
-    return env
-
-
-def _ilm(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ilm", *args, "--home", str(home)],
-                          capture_output=True, text=True, env=_env(home), timeout=120)
 
 
 def _tls_config(certs: Certs) -> str:
@@ -111,3 +101,14 @@ def test_bad_certificate_files_exit_2(tmp_path: Path) -> None:
                            capture_output=True, text=True, env=_env(home), timeout=120)
         assert r.returncode == 2, r.stderr
         assert problem in r.stderr
+
+
+def test_auth_off_on_a_network_address_exits_2(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, f"sqlite:///{home / 'catalog.sqlite'}", extra="[http]\nauth = false\n")
+    r = subprocess.run([sys.executable, "-m", "ilm", "serve", "--home", str(home), "--host", "0.0.0.0",
+                        "--dicom-port", str(free_port()), "--http-port", str(free_port())],
+                       capture_output=True, text=True, env=_env(home), timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "HTTP settings: Value error, auth = false is only allowed when http.host is a loopback address" in r.stderr
+

@@ -28,7 +28,8 @@ def _override(model: DicomSettings | HttpSettings, what: str, **changes: object)
         return type(model)(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
-        fail(f"{what}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}", 2)
+        where = ".".join(str(p) for p in err["loc"])  # empty for a check of several keys (auth and host)
+        fail(f"{what}: {where + ': ' if where else ''}{err['msg']}", 2)
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -12,21 +11,13 @@ import typer
 from rich.table import Table
 
 from ilm.cli.app import HomeOption, app, console, err_console, fail, open_service, print_json
+from ilm.cli.lifecycle import _who
 from ilm.errors import ConfigError, NotFound
 from ilm.policy.durations import DurationError, parse_period
 from ilm.security.roles import ROLES
 
 tokens_app = typer.Typer(help="API tokens and roles for the HTTP front-end (DICOMweb, REST).", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
-
-
-def _who(by: Optional[str]) -> str:
-    if by:
-        return by
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
 
 
 def _when(t: Optional[datetime]) -> str:
