@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,8 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import uvicorn
 
-from support.servers import free_port, wait_port
+from support.http import serve
 
 from ilm.service import ArchiveService
 from ilm.web import create_app
@@ -62,17 +60,8 @@ def site(service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> I
     (service.settings.home / "dashboard-test.yaml").write_text(POLICY)
     tokens = {role: service.token_create(f"t-{role}", role, expires=None, by="test")[1]
               for role in ("viewer", "operator", "approver")}
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=True), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield {"url": f"http://127.0.0.1:{port}", "old": old, "new": new, "tokens": tokens}
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve(create_app(service, auth=True)) as url:
+        yield {"url": url, "old": old, "new": new, "tokens": tokens}
 
 
 @pytest.fixture

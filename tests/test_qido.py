@@ -6,14 +6,12 @@ against the same server, and the result cap with FastAPI's TestClient.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-import uvicorn
 from dicomweb_client import DICOMwebClient
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -21,7 +19,7 @@ from pydicom.dataset import Dataset
 
 from support import query_data as qd
 from support.query_data import CT, MR
-from support.servers import free_port, wait_port
+from support.http import serve
 
 from ilm.catalog.schema import patients, series, studies
 from ilm.service import ArchiveService
@@ -36,17 +34,8 @@ def archive(service: ArchiveService) -> qd.Archive:
 
 @pytest.fixture
 def http_server(service: ArchiveService, archive: qd.Archive) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(create_app(service, auth=False)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,12 @@ import httpx
 import pydicom
 import pytest
 import requests
-import uvicorn
 from dicomweb_client import DICOMwebClient
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from support.servers import free_port, wait_port
+from support.http import serve
 
 from ilm.catalog.queries import StudyFilter
 from ilm.service import ArchiveService
@@ -211,17 +209,8 @@ def test_oversized_body_is_413_and_stores_nothing(service: ArchiveService, files
 
 @pytest.fixture
 def http_server(service: ArchiveService) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(create_app(service, auth=False)) as url:
+        yield url
 
 
 def test_dicomweb_client_stores(http_server: str, service: ArchiveService, pydicom_test_files: Path) -> None:

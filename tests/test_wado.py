@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,14 +13,13 @@ import pydicom
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from conftest import write_config
 from support.retrieve_data import ARCHIVE_TIER, StoredStudy, make_study
-from support.servers import free_port, wait_port
+from support.http import serve
 
 from ilm.config import Settings, load_settings
 from ilm.lifecycle.move import move_study
@@ -45,17 +43,8 @@ def study(service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> 
 
 @pytest.fixture
 def http_server(service: ArchiveService) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(create_app(service, auth=False)) as url:
+        yield url
 
 
 @pytest.fixture
