@@ -27,7 +27,7 @@ from ilm.cost.model import TierPrice, monthly_storage_cost
 from ilm.cost.projection import (
     AGE_BUCKETS, Cohort, Growth, Scenario, Segment, merge, project, read_profile,
 )
-from ilm.cost.simulate import path_of, reborn, study_age_months
+from ilm.cost.simulate import monotone, path_of, reborn, study_age_months
 from ilm.lifecycle.plan import PolicySource
 from ilm.policy import PatientFacts, StudyFacts
 
@@ -158,12 +158,13 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
     ]
     for src in policies:
         pol = src.policy
+        grows = monotone(pol)
 
-        def on(s: StudyFacts, tier: str, p: PatientFacts | None, pol: Any = pol) -> tuple[Segment, ...]:
-            return path_of(pol, s, p, tier, today, months_n)
+        def on(s: StudyFacts, tier: str, p: PatientFacts | None, pol: Any = pol, grows: bool = grows) -> tuple[Segment, ...]:
+            return path_of(pol, s, p, tier, today, months_n, grows=grows)
 
-        def arriving(s: StudyFacts, p: PatientFacts | None, pol: Any = pol) -> tuple[Segment, ...]:
-            return path_of(pol, s, p, ingest, today, months_n)
+        def arriving(s: StudyFacts, p: PatientFacts | None, pol: Any = pol, grows: bool = grows) -> tuple[Segment, ...]:
+            return path_of(pol, s, p, ingest, today, months_n, grows=grows)
 
         runs.append(("policy", src.path, scenario(pol.name, on, arriving)))
     projections = [(kind, source, project(sc, prices, years=opts.years, growth=growth, reads=profile))

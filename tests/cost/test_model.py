@@ -12,7 +12,7 @@ from ilm.cost.model import (
 from ilm.cost.projection import (
     Cohort, Growth, ReadProfile, Scenario, Segment, project, read_profile,
 )
-from ilm.cost.simulate import path_of, reborn
+from ilm.cost.simulate import monotone, path_of, reborn
 from ilm.policy import PatientFacts, StudyFacts, parse_policy
 
 HOT = TierPrice(0.10)
@@ -191,6 +191,10 @@ def test_path_of_places_changes_to_the_month() -> None:
                        received_at=datetime(2025, 1, 15))
     path = path_of(policy, study, PatientFacts("p", date(2025, 1, 15)), "hot", date(2026, 1, 15), 120)
     assert path == (Segment(0, "hot"), Segment(13, "warm"), Segment(49, None))
+    # the same with the first probe at the horizon (the policy only ever starts to act)
+    assert monotone(policy)
+    assert path_of(policy, study, PatientFacts("p", date(2025, 1, 15)), "hot", date(2026, 1, 15), 120,
+                   grows=True) == path
     # A study 3 years old today moves in month 0 (the plan's move)
     old = StudyFacts("1.2.4", patient_key="p", study_date=date(2023, 1, 1), modalities=("CT",), tiers=("hot",))
     assert path_of(policy, old, None, "hot", date(2026, 1, 15), 120)[:2] == (Segment(0, "hot"), Segment(0, "warm"))
@@ -206,3 +210,18 @@ def test_reborn_moves_every_date() -> None:
     assert s2.last_accessed_at == datetime(2026, 3, 1)
     assert p2 is not None and p2.newest_study_date == date(2026, 3, 1)
     assert p2.mammogram_dates == (date(2025, 3, 1),)
+
+
+@pytest.mark.parametrize("when, action, grows", [
+    ("{study_age: {older_than: P2Y}}", "{transition: warm}", True),
+    ("{since_last_access: {older_than: P1Y}, modality: CT}", "expire", True),
+    # an upper bound stops matching as the study ages: probe every year instead
+    ("{study_age: {younger_than: P5Y}}", "{transition: warm}", False),
+    ("{not: {modality: CT}}", "expire", False),
+    # a keep rule on age could start to match later and stop a move
+    ("{study_age: {older_than: P20Y}}", "keep", False),
+    ("{labels: teaching}", "keep", True),
+])
+def test_monotone_policies(when: str, action: str, grows: bool) -> None:
+    text = f"name: m\nrules:\n  - id: r\n    when: {when}\n    action: {action}\n"
+    assert monotone(parse_policy(text, known_tiers=["hot", "warm"], source="m.yaml")) is grows

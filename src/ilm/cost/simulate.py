@@ -23,8 +23,9 @@ from datetime import date, datetime, timedelta
 
 from ilm.cost.projection import Segment
 from ilm.policy import Action, PatientFacts, Policy, StudyFacts, evaluate
+from ilm.policy.conditions import AgeCondition, AnyCondition, Condition, NotCondition
 
-__all__ = ["month_day", "path_of", "reborn", "study_age_months"]
+__all__ = ["month_day", "monotone", "path_of", "reborn", "study_age_months"]
 
 MAX_CHANGES = 8
 
@@ -42,9 +43,32 @@ def study_age_months(study: StudyFacts, today: date) -> int:
     return max(0, int((today - when).days / (365.25 / 12)))
 
 
+def _grows(c: Condition) -> bool:
+    """True if the condition, once met, stays met as time passes (nothing else changing)."""
+    if isinstance(c, (NotCondition, AnyCondition)):
+        return False
+    return not (isinstance(c, AgeCondition) and c.younger_than is not None)
+
+
+def monotone(policy: Policy) -> bool:
+    """True if, for a study left where it is, a rule that acts keeps acting as time passes: no
+    upper age bound, no ``not``/``any``, and no ``keep`` rule on age that could start to match
+    later and stop a move. Protections only ever stop vetoing as time passes."""
+    for rule in policy.rules:
+        if not all(_grows(c) for c in rule.conditions):
+            return False
+        if rule.action is Action.KEEP and any(isinstance(c, AgeCondition) for c in rule.conditions):
+            return False
+    return True
+
+
 def path_of(policy: Policy, study: StudyFacts, patient: PatientFacts | None, tier: str, start: date, months: int,
-            *, step: int = 12) -> tuple[Segment, ...]:
-    """The segments of ``study`` (now on ``tier``) under ``policy`` for ``months`` months from ``start``."""
+            *, step: int = 12, grows: bool = False) -> tuple[Segment, ...]:
+    """The segments of ``study`` (now on ``tier``) under ``policy`` for ``months`` months from ``start``.
+
+    With ``grows`` (see :func:`monotone`) the first probe is the last month: a study nothing
+    happens to by then costs two evaluations, and a change is found by bisection over the
+    whole horizon."""
     facts = replace(study, tiers=(tier,))
     segs = [Segment(0, tier)]
 
@@ -65,7 +89,7 @@ def path_of(policy: Policy, study: StudyFacts, patient: PatientFacts | None, tie
             facts = replace(facts, tiers=(target,))
             segs.append(Segment(t, target))
             continue
-        probe = min(t + step, last)
+        probe = last if grows else min(t + step, last)
         if probe <= t:
             break
         if decide(probe) is None:
