@@ -410,6 +410,17 @@ def start_ilm_serve(home: Path, *, ae_title: str = "ILM") -> Server:
                         ports={"dicom": dicom, "http": http}, folder=home)
 
 
+def ilm_token(home: Path, role: str) -> str:
+    """An API token of ``role`` for ``home`` (``ilm tokens create``): the HTTP benchmarks run with
+    auth on, as ``ilm serve`` does by default, so each figure includes the token check."""
+    name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    r = subprocess.run([ilm_bin(), "tokens", "create", "--name", name, "--role", role, "--home", str(home)],
+                       env=ilm_env(home), capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise BenchError(f"ilm tokens create failed: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
 def ilm_instance_count(home: Path) -> int:
     """Instances ``home`` really holds: the smaller of its catalog's instance rows and the objects on its ingest tier.
 

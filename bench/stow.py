@@ -72,7 +72,7 @@ def _check_orthanc(status: int, body: bytes) -> str | None:
 
 
 def post_all(port: int, path: str, requests: list[tuple[bytes, str]], threads: int, timeout: float,
-             check: Any) -> tuple[float, list[str]]:
+             check: Any, headers: dict[str, str] | None = None) -> tuple[float, list[str]]:
     """POST every (body, content type) with ``threads`` clients; seconds from first send to last answer."""
     work: queue.Queue[tuple[bytes, str]] = queue.Queue()
     for r in requests:
@@ -91,7 +91,7 @@ def post_all(port: int, path: str, requests: list[tuple[bytes, str]], threads: i
                     return
                 try:
                     conn.request("POST", path, body=body, headers={
-                        "Content-Type": ctype, "Accept": "application/dicom+json, application/json"})
+                        "Content-Type": ctype, "Accept": "application/dicom+json, application/json", **(headers or {})})
                     resp = conn.getresponse()
                     answer = resp.read()
                     err = check(resp.status, answer)
@@ -129,7 +129,9 @@ def _measure(system: str, threads: int, data: Any, blobs: list[bytes], bodies: l
                 srv = h.start_ilm_serve(home)
                 spy = start_profiler(srv.pid, profile) if profile else None
                 cpu0 = h.process_cpu_s(srv.pid)
-                seconds, errors = post_all(srv.ports["http"], "/dicomweb/studies", bodies, threads, timeout, _check_ilm)
+                auth = {"Authorization": f"Bearer {h.ilm_token(home, 'operator')}"}  # auth on, as by default
+                seconds, errors = post_all(srv.ports["http"], "/dicomweb/studies", bodies, threads, timeout, _check_ilm,
+                                           auth)
                 row["server_cpu_ms"] = round((h.process_cpu_s(srv.pid) - cpu0) * 1000 / data.count, 2)
                 if spy is not None:
                     stop_profiler(spy)

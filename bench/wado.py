@@ -88,7 +88,7 @@ def one_study(data: Any, n: int) -> tuple[Path, list[Path], str]:
 # -- clients ------------------------------------------------------------------------
 
 
-def wado_get(port: int, study_uid: str, expect_parts: int, expect_bytes: int) -> dict[str, Any]:
+def wado_get(port: int, study_uid: str, expect_parts: int, expect_bytes: int, token: str = "") -> dict[str, Any]:
     """One WADO-RS study GET: seconds, TTFB, body bytes, parts counted as they stream by."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     buf = bytearray(_CHUNK)
@@ -96,7 +96,8 @@ def wado_get(port: int, study_uid: str, expect_parts: int, expect_bytes: int) ->
     try:
         t0 = time.perf_counter()
         conn.request("GET", f"/dicomweb/studies/{study_uid}",
-                     headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+                     headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*',
+                              **({"Authorization": f"Bearer {token}"} if token else {})})
         resp = conn.getresponse()
         if resp.status != 200:
             return {"ok": False, "error": f"HTTP {resp.status}: {resp.read(300)!r}"}
@@ -296,6 +297,7 @@ def run(ctx: Any) -> dict[str, Any]:
                     if rep.stored != n:
                         raise h.BenchError(f"import stored {rep.stored} of {n}")
                     srv = h.start_ilm_serve(home)
+                    token = h.ilm_token(home, "viewer")  # auth on, as by default
                     orthanc = h.start_orthanc(folder / "orthanc")
                     ids = _orthanc_load(orthanc, files)
                     for tier in TIERS:
@@ -312,7 +314,7 @@ def run(ctx: Any) -> dict[str, Any]:
                             ctx.log(f"wado round {r + 1}/{ctx.rounds}: {tier} {who} ...")
                             port = srv.ports["http"]
                             if who == "ilm":
-                                res[f"ilm/{tier}"] = _rate(_median_of(lambda: wado_get(port, study_uid, n, sizes)), n)
+                                res[f"ilm/{tier}"] = _rate(_median_of(lambda: wado_get(port, study_uid, n, sizes, token)), n)
                             elif tier == "cloud":
                                 client = sw.client()
                                 bucket = settings.tiers["cloud"].bucket  # type: ignore[union-attr]
@@ -340,7 +342,7 @@ def run(ctx: Any) -> dict[str, Any]:
                                 ctx.log(f"wado round {r + 1}/{ctx.rounds}: hot vs Orthanc, {who} ...")
                                 if who == "ilm":
                                     res["ilm/hot-vs-orthanc"] = _rate(_median_of(
-                                        lambda: wado_get(srv.ports["http"], study_uid, n, sizes)), n)
+                                        lambda: wado_get(srv.ports["http"], study_uid, n, sizes, token)), n)
                                 else:
                                     res["orthanc"] = _rate(_median_of(
                                         lambda: orthanc_files(orthanc.ports["http"], ids, sizes)), n)
