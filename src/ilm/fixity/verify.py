@@ -214,7 +214,7 @@ class _Run:
                 if len(data) != c.size or hashlib.sha256(data).hexdigest() != c.sha256:
                     problems.append(f"{s.tier}: its bytes do not match the catalog either")
                     continue
-                replace_copy(self.catalog, self.tiers, c, data, source=s.tier, actor=self.actor)
+                replace_copy(self.catalog, self.tiers, c, r.state, data, source=s.tier, actor=self.actor)
             except (StorageError, IlmError) as exc:
                 problems.append(f"{s.tier}: {exc}")
                 continue
@@ -222,20 +222,21 @@ class _Run:
         return None, "repair failed: " + "; ".join(problems)
 
 
-def replace_copy(catalog: Catalog, tiers: Callable[[str], Tier], c: CopyToCheck, data: bytes, *, source: str,
-                 actor: str) -> None:
-    """Put ``data`` (checked by the caller against the catalog) in place of the
-    marked copy ``c`` with the move's copy step, then mark it verified and audit
-    the repair. The bad object is removed only now that good bytes are in hand."""
+def replace_copy(catalog: Catalog, tiers: Callable[[str], Tier], c: CopyToCheck, state: str, data: bytes, *,
+                 source: str, actor: str) -> None:
+    """Put ``data`` (checked by the caller against the catalog) in place of copy
+    ``c``, found ``state`` (bad or missing), with the move's copy step, then mark
+    it verified and audit the repair. A bad object is removed only now that good
+    bytes are in hand."""
     dst = tiers(c.tier)
-    if c.state == CopyState.BAD.value:
+    if state == CopyState.BAD.value:
         dst.delete(c.key)
     put_verified(InstanceCopy(c.instance_pk, c.sop_uid, c.sha256, c.size, c.tier, c.key, c.state), data, source, dst)
     now = _now()
     with catalog.write() as conn:
         mark_repaired(conn, c.location_id, c.instance_pk, now)
         append_audit(conn, at=now, actor=actor, action="fixity.repair", study_uid=c.study_uid,
-                     detail={"tier": c.tier, "key": c.key, "sop_uid": c.sop_uid, "from": source, "was": c.state})
+                     detail={"tier": c.tier, "key": c.key, "sop_uid": c.sop_uid, "from": source, "was": state})
     log.info("fixity: repaired %s:%s (%s) from %s", c.tier, c.key, c.sop_uid, source)
 
 
@@ -252,7 +253,7 @@ def repair_from_resend(catalog: Catalog, tiers: Callable[[str], Tier], sop_uid: 
         if c.sha256 != sha256 or c.size != len(data):
             continue
         try:
-            replace_copy(catalog, tiers, c, data, source=f"a re-send ({source})", actor="ilm-ingest")
+            replace_copy(catalog, tiers, c, c.state, data, source=f"a re-send ({source})", actor="ilm-ingest")
             done += 1
         except (StorageError, IlmError) as exc:
             log.warning("fixity: %s:%s not repaired from a re-send: %s", c.tier, c.key, exc)
