@@ -209,15 +209,18 @@ def test_only_the_hash_of_a_token_is_stored(service: ArchiveService) -> None:
     assert secret not in repr(service.audit())
 
 
-def test_expired_and_revoked_tokens_are_refused(client: TestClient, service: ArchiveService) -> None:
+def test_expired_and_revoked_tokens_are_refused(client: TestClient, service: ArchiveService,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     row, secret = service.token_create("short", "viewer", expires=Period(days=1), by="t")
     assert row.expires_at is not None
     headers = {"Authorization": f"Bearer {secret}"}
     assert client.get("/dicomweb/studies", headers=headers).status_code == 204
     with service.catalog.write() as c:
         c.execute(sa.update(api_tokens).values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
-    r = client.get("/dicomweb/studies", headers=headers)
+    with caplog.at_level("WARNING", logger="ilm.web.auth"):
+        r = client.get("/dicomweb/studies", headers=headers)
     assert r.status_code == 401 and "expired" in r.json()["detail"]
+    assert "HTTP 401 for GET /dicomweb/studies from testclient: token 'short' expired at" in caplog.text  # logged
     [stored] = _rows(service)
     assert stored.last_used_at is not None  # the first request was recorded
 

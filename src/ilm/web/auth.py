@@ -20,6 +20,7 @@ one without a ``require``; the only public routes are listed in ``PUBLIC``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,8 @@ PUBLIC = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json"
 
 ANONYMOUS = Principal(name="anonymous", role=Role.ADMIN)
 
+log = logging.getLogger(__name__)
+
 _bearer = HTTPBearer(auto_error=False, description="An API token from 'ilm tokens create'.")
 _REALM = 'Bearer realm="ilm"'
 
@@ -49,6 +52,12 @@ _REALM = 'Bearer realm="ilm"'
 def _refuse(status: int, error: str, message: str) -> HTTPException:
     challenge = _REALM if error == "" else f'{_REALM}, error="{error}", error_description="{message}"'
     return HTTPException(status_code=status, detail=message, headers={"WWW-Authenticate": challenge})
+
+
+def _log_refusal(request: Request, status: int, why: str) -> None:
+    """A presented token refused: worth a line in the log (a request without one is not)."""
+    client = request.client.host if request.client else "?"
+    log.warning("HTTP %d for %s %s from %s: %s", status, request.method, request.url.path, client, why)
 
 
 def require(role: str) -> DependsParam:
@@ -65,8 +74,10 @@ def require(role: str) -> DependsParam:
             try:
                 who = await run_in_threadpool(service.authenticate, credentials.credentials)
             except Unauthenticated as exc:
+                _log_refusal(request, 401, str(exc))
                 raise _refuse(401, "invalid_token", str(exc)) from None
             if not who.role.includes(need):
+                _log_refusal(request, 403, f"token {who.name!r} ({who.role.label}) needs {need.label}")
                 raise HTTPException(
                     status_code=403,
                     detail=f"token {who.name!r} has the role {who.role.label}; this needs {need.label} or higher",
