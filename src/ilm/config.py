@@ -386,11 +386,18 @@ ae_title = "ILM"
 host = "127.0.0.1"     # bind address; 0.0.0.0 to accept from the network
 port = 11112
 maximum_pdu_size = 0    # 0 = unlimited, several times faster for large images
+# allowed_calling_aets = ["CT1", "PACS"]   # others get A-ASSOCIATE-RJ; empty: everyone (docs/security.md)
+# allowed_hosts = ["10.20.0.0/16"]         # IP addresses or networks; empty: everyone
+# tls_cert = "tls/archive.pem"             # DICOM over TLS on port (PEM); tls_key too
+# tls_key = "tls/archive.key"
+# tls_ca = "tls/hospital-ca.pem"           # peers need a client certificate from this CA
 
 [http]
 host = "127.0.0.1"
 port = 8080
 auth = true             # API tokens required (ilm tokens create); see docs/security.md
+# tls_cert = "tls/archive.pem"   # HTTPS (PEM); tls_key too
+# tls_key = "tls/archive.key"
 
 [lifecycle]
 quarantine_days = 30          # expired studies stay restorable this long before purge may delete them
