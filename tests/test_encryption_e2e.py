@@ -4,19 +4,17 @@ studies, and a changed byte in the bucket that is never served. Every catalog.""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from conftest import write_config
 from support.retrieve_data import StoredStudy, make_study
 from support.seaweed import SeaweedFS
-from support.servers import free_port, wait_port
+from support.http import serve
 from test_wado import parts
 
 from ilm.config import Settings, load_settings
@@ -62,17 +60,8 @@ def study(service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> 
 
 @pytest.fixture
 def http(service: ArchiveService) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}/dicomweb"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(create_app(service, auth=False)) as base:
+        yield f"{base}/dicomweb"
 
 
 def _move(service: ArchiveService, tmp_path: Path, src: str, dst: str) -> None:
@@ -152,3 +141,42 @@ def test_packed_study_on_an_encrypted_tier_and_a_changed_byte(
     assert untouched
     for x in untouched:
         assert service.read(x) == study.blobs[x.sop_uid]
+
+
+@pytest.mark.dcmtk
+def test_c_get_from_an_encrypted_tier_sends_the_images_and_never_a_damaged_one(
+        service: ArchiveService, s3_server: SeaweedFS, buckets: dict[str, str], tmp_path: Path,
+        pydicom_test_files: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """dcmtk's getscu retrieves a study from the encrypted S3 tier; after one
+    object is changed in the bucket, that instance is never sent: the retrieve
+    stops with a failure naming the integrity failure (ilm.dicom.retrieve stops
+    at the first instance it cannot read), and what was sent is intact."""
+    from test_dicom_retrieve import _keys, assert_as_stored, getscu, received
+
+    from ilm.config import DicomSettings
+    from ilm.dicom.server import start_dicom_server
+
+    study = make_study(service, [pydicom_test_files / n for n in ("CT_small.dcm", "MR_small.dcm")],
+                       tmp_path / "src", per_source=2)
+    _move(service, tmp_path, "hot", "cloud")
+    srv = start_dicom_server(service, DicomSettings(ae_title="ILMTEST", host="127.0.0.1", port=0))
+    try:
+        r = getscu(srv, tmp_path / "all", "-S", _keys("STUDY", study))
+        assert r.returncode == 0, r.stderr
+        assert_as_stored(received(tmp_path / "all"), study, study.sop_uids)
+
+        victim = study.sop_uids[0]
+        series = next(s for s, sops in study.series.items() if victim in sops)
+        key = f"{study.study_uid}/{series}/{victim}.dcm"
+        blob = s3_server.client().get_object(Bucket=buckets["cloud"], Key=key)["Body"].read()
+        pos = envelope.HEADER_SIZE + 500
+        s3_server.client().put_object(Bucket=buckets["cloud"], Key=key,
+                                      Body=blob[:pos] + bytes([blob[pos] ^ 1]) + blob[pos + 1:])
+        r = getscu(srv, tmp_path / "after", "-S", _keys("STUDY", study))
+        got = received(tmp_path / "after")
+        assert victim not in got and len(got) < len(study.sop_uids)
+        assert_as_stored(got, study, list(got))
+        assert f"{victim}.dcm: integrity failure" in caplog.text
+        assert "Failed" in r.stdout + r.stderr or "Warning" in r.stdout + r.stderr
+    finally:
+        srv.shutdown(grace=2)
