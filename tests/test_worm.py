@@ -51,7 +51,8 @@ rules:
 """
 
 
-def _ingest(service: ArchiveService, src: Path, tmp: Path, tag: int, n: int = 2, patient: str = "P1") -> str:
+def _ingest(service: ArchiveService, src: Path, tmp: Path, tag: int, n: int = 2, patient: str = "P1",
+            first: int = 0) -> str:
     ds = pydicom.dcmread(src)
     ds.StudyInstanceUID = f"1.2.826.0.1.3680043.10.{tag}"
     ds.SeriesInstanceUID = f"1.2.826.0.1.3680043.10.{tag}.1"
@@ -59,7 +60,7 @@ def _ingest(service: ArchiveService, src: Path, tmp: Path, tag: int, n: int = 2,
     ds.Modality = "CT"
     ds.PatientID = patient
     ds.PatientBirthDate = "19600101"
-    for i in range(n):
+    for i in range(first, first + n):
         ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{tag}.1.{i + 1}"
         p = tmp / f"{tag}-{i}.dcm"
         ds.save_as(p)
@@ -136,6 +137,10 @@ def test_files_are_written_read_only_with_their_date_and_not_deleted(
     assert [(t, s, m) for t, s, m, _ in copies] == [("vault", "verified", "compliance")] * 2
     for *_x, until in copies:
         assert until is not None
+    r = runner.invoke(app, ["show", uid, "--home", str(fs_service.settings.home)], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert "Locked until" in r.output
+    assert f"{datetime.now(timezone.utc) + timedelta(days=RETAIN):%Y-%m-%d}" in r.output
 
 
 def test_plan_shows_the_lock_with_its_date_on_both_plan_paths(
@@ -356,6 +361,10 @@ def test_ilm_holds_are_mirrored_to_s3_legal_holds(
         study_hold = service.hold_add("study", a, "records request", "t")
         assert status(a) == status(b) == {"ON"}
         assert status(other) == {"OFF"}
+        # An instance received later for a held study is held as soon as it is stored.
+        _ingest(service, pydicom_test_files / "CT_small.dcm", tmp_path, 304, n=1, patient="PH", first=2)
+        late = instance_key(b, f"{b}.1", f"{b}.1.3")
+        assert client.get_object_legal_hold(Bucket=bucket, Key=late)["LegalHold"]["Status"] == "ON"
         key = _keys(b)[0]
         with pytest.raises(ObjectLocked):
             service.tier("locked").delete(key)

@@ -157,6 +157,7 @@ class LocationSummary:
     instance_count: int
     size_bytes: int
     verified_at_newest: datetime | None = None
+    locked_until: datetime | None = None  # WORM tiers: the latest retain-until of these copies
 
 
 @dataclass(frozen=True, slots=True)

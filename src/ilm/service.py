@@ -304,8 +304,9 @@ class ArchiveService:
             try:
                 with self.catalog.write() as conn:
                     now = _now()
+                    lock = worm.tier_lock(tier, now)
                     inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=now,
-                                               patient_cache=self._patient_pks, lock=worm.tier_lock(tier, now))
+                                               patient_cache=self._patient_pks, lock=lock)
             except SQLAlchemyError as exc:
                 if wrote:
                     self._discard(tier, key)
@@ -323,6 +324,8 @@ class ArchiveService:
                 return self._known(f, blob, sha, known, base)
         if self.replicas.wanted:  # the tier's replicas, written now (ilm.fixity.replicas)
             self.replicas.on_stored(tier_name, key, blob, sha, f.sop_instance_uid)
+        if lock is not None:  # a WORM tier: a study under a legal hold holds its new objects too
+            worm.hold_new_object(self.catalog, tier, key, f.study_instance_uid)
         self.promotions.on_stored(f.study_instance_uid)  # a new study: prefetch its priors (when configured)
         return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
 

@@ -101,6 +101,7 @@ def study_detail(conn: Connection, study_uid: str) -> StudyDetail | None:
             func.count().label("n"),
             func.coalesce(func.sum(locations.c.size_bytes), 0).label("bytes"),
             func.max(locations.c.verified_at).label("verified"),
+            func.max(locations.c.retain_until).label("locked"),
         )
         .join(instances, instances.c.id == locations.c.instance_pk)
         .where(instances.c.study_pk == row.id)
@@ -109,7 +110,7 @@ def study_detail(conn: Connection, study_uid: str) -> StudyDetail | None:
     ).all()
     location_list = tuple(
         LocationSummary(tier=r.tier, state=r.state, instance_count=r.n, size_bytes=int(r.bytes),
-                        verified_at_newest=r.verified)
+                        verified_at_newest=r.verified, locked_until=r.locked)
         for r in locs
     )
     verified_instances = conn.execute(

@@ -134,7 +134,9 @@ def show(study_uid: str, home: Optional[Path] = HomeOption, json_out: bool = typ
     for se in d.series:
         table.add_row(se.series_instance_uid, se.modality, str(se.number or ""), se.description, str(se.instance_count), human_bytes(se.size_bytes))
     console.print(table)
-    loc = Table("Tier", "State", "Instances", "Size", "Last verified")
+    locked = any(lo.locked_until for lo in d.locations)  # copies on WORM tiers (docs/security.md)
+    loc = Table("Tier", "State", "Instances", "Size", "Last verified", *(["Locked until"] if locked else []))
     for lo in d.locations:
-        loc.add_row(lo.tier, lo.state, str(lo.instance_count), human_bytes(lo.size_bytes), str(lo.verified_at_newest or ""))
+        loc.add_row(lo.tier, lo.state, str(lo.instance_count), human_bytes(lo.size_bytes), str(lo.verified_at_newest or ""),
+                    *([f"{lo.locked_until:%Y-%m-%d %H:%M}" if lo.locked_until else ""] if locked else []))
     console.print(loc)

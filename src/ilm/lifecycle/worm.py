@@ -35,7 +35,7 @@ from ilm.errors import StorageError
 from ilm.storage import Tier
 
 __all__ = ["tier_lock", "purge_lock", "drop_released", "ReleaseReport", "mirror_holds", "MirrorReport",
-           "LegalHolds", "worm_tiers", "covered_studies"]
+           "LegalHolds", "worm_tiers", "covered_studies", "hold_new_object"]
 
 log = logging.getLogger("ilm.worm")
 
@@ -138,6 +138,22 @@ def mirror_holds(catalog: Catalog, settings: Settings, tiers: Callable[[str], Ti
     if report.problems:
         log.warning("legal hold not mirrored on %d objects: %s", len(report.problems), report.problems[0])
     return report
+
+
+def hold_new_object(catalog: Catalog, tier: Tier, key: str, study_uid: str) -> None:
+    """An object just written to a WORM tier for a study under a legal hold gets the hold too
+    (a failure is logged: the catalog's hold still protects it; 'ilm hold sync' retries)."""
+    backend = _backend(tier)
+    if not isinstance(backend, LegalHolds):
+        return
+    with catalog.read() as conn:
+        if not held_studies(conn, [study_uid]):
+            return
+    try:
+        backend.set_legal_hold(key, True)
+    except StorageError as exc:
+        log.warning("legal hold not set on new object %s of held study %s: %s (run 'ilm hold sync')",
+                    key, study_uid, exc)
 
 
 def covered_studies(catalog: Catalog, scope: str, target: str) -> list[str]:
