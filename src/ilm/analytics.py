@@ -52,28 +52,27 @@ def stats(catalog: Catalog, *, today: date, largest: int = 10,
     """The archive's composition, growth and use (``ilm stats``)."""
     now = _midnight(today)
     with catalog.read() as conn:
-        t = q.totals(conn)
-        modality = shaping.split_modalities(q.by_modality(conn), q.by_modalities_in_study(conn), t.size_bytes)
-        year = shaping.composition(q.by_year(conn), t.size_bytes, unknown="(no date)")
-        tier = shaping.composition(q.by_tier(conn), t.size_bytes, unknown="(on no tier)")
-        size = shaping.composition(q.by_size(conn), t.size_bytes, labels=shaping.size_labels(q.SIZE_BUCKETS))
-        months = q.growth_by_month(conn)
+        groups = q.study_groups(conn, today=today, age_bounds_months=AGE_BUCKETS, never_read_days=never_read_days)
         reads = q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
-        held = q.held_by_age(conn, today, AGE_BUCKETS)
-        never = q.never_read_after(conn, never_read_days, now)
         priors = q.patients_by_study_count(conn)
         big = q.largest_studies(conn, largest)
+    m = shaping.marginals(groups)
+    total = m.size_bytes
+    months = [(k, n, b) for k, n, _i, b in m.rows("month")]
+    pats = shaping.priors_report(priors)
     return {
         "as_of": today.isoformat(),
-        "totals": {"studies": t.studies, "instances": t.instances, "bytes": t.size_bytes, "patients": t.patients},
-        "by_modality": modality, "by_year": year, "by_tier": [dict(r, key=r["key"].replace("\\", "+")) for r in tier],
-        "by_size": size,
-        "growth": {"by_month": [{"month": m, "studies": n, "bytes": b} for m, n, b in months],
+        "totals": {"studies": m.studies, "instances": m.instances, "bytes": total, "patients": pats["patients"]},
+        "by_modality": sorted(shaping.composition(m.rows("modalities"), total), key=lambda r: -r["bytes"]),
+        "by_year": shaping.composition(m.rows("year"), total, unknown="(no date)"),
+        "by_tier": shaping.composition(m.rows("tier"), total, unknown="(on no tier)"),
+        "by_size": shaping.composition(m.rows("size"), total, labels=shaping.size_labels(q.SIZE_BUCKETS)),
+        "growth": {"by_month": [{"month": k, "studies": n, "bytes": b} for k, n, b in months],
                    **shaping.growth_from_history(months, today)},
         "reads_by_age": {"window_days": READ_WINDOW_DAYS,
-                         "buckets": shaping.reads_report(reads, held, READ_WINDOW_DAYS / (365.25 / 12))},
-        "never_read_after": shaping.never_read_report(never),
-        "patients": shaping.priors_report(priors),
+                         "buckets": shaping.reads_report(reads, m.rows("age"), READ_WINDOW_DAYS / (365.25 / 12))},
+        "never_read_after": shaping.never_read_report(zip(never_read_days, m.older, m.unread)),
+        "patients": pats,
         "largest_studies": big,
     }
 
@@ -112,18 +111,19 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
     first, ingest = order[0], settings.ingest_tier
     now = _midnight(today)
     with catalog.read() as conn:
-        t = q.totals(conn)
+        groups = q.study_groups(conn, today=today, age_bounds_months=AGE_BUCKETS, never_read_days=())
         on_tiers = tier_bytes(conn)
-        months = q.growth_by_month(conn)
         reads = q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
-        held = q.held_by_age(conn, today, AGE_BUCKETS)
         uids = q.sample_study_uids(conn, opts.sample)
         fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365))
         inputs = load_policy_inputs(conn, list(dict.fromkeys(uids + fresh)))
+    m = shaping.marginals(groups)
+    months = [(k, n, b) for k, n, _i, b in m.rows("month")]
+    held = m.rows("age")
     growth, growth_info = _growth(months, today, opts)
     window = READ_WINDOW_DAYS / (365.25 / 12)
     by_bucket = {k: i for k, _n, i in reads}
-    held_inst = {k: i for k, _n, i, _b in held}
+    held_inst = {int(k): i for k, _n, i, _b in held}
     profile = read_profile([by_bucket.get(k, 0) for k in range(len(AGE_BUCKETS) + 1)],
                            [held_inst.get(k, 0) for k in range(len(AGE_BUCKETS) + 1)], window)
     facts = {s.study_uid: s for s in inputs.studies}
@@ -183,6 +183,6 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
         "growth": growth_info,
         "reads": {"window_days": READ_WINDOW_DAYS, "ages": shaping.age_labels(),
                   "monthly_read_rate": [round(r, 6) for r in profile.rates]},
-        "sample": {"studies": len(sample), "of": t.studies, "templates": len(recent), "scale": round(scale, 4)},
+        "sample": {"studies": len(sample), "of": m.studies, "templates": len(recent), "scale": round(scale, 4)},
         "scenarios": shaping.comparison(projections),
     }

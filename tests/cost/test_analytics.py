@@ -62,12 +62,12 @@ def test_stats_match_the_synthetic_plan(archive: tuple[Path, list[StudySpec]]) -
     sizes = Counter(_bucket(_size(x), list(SIZE_BUCKETS)) for x in specs)
     got = {r["key"]: r["studies"] for r in s["by_size"]}
     assert sorted(got.values()) == sorted(sizes.values()) and sum(got.values()) == len(specs)
-    # modality: a study with CT counts once under CT; bytes of the CT series
-    ct = [x for x in specs if any(se.modality == "CT" for se in x.series)]
+    # modalities in study: each combination its own row ("CT", "CT+PT")
+    combos = Counter("+".join(sorted({se.modality for se in x.series})) for x in specs)
+    assert {r["key"]: r["studies"] for r in s["by_modality"]} == dict(combos)
+    ct = [x for x in specs if {se.modality for se in x.series} == {"CT"}]
     row = next(r for r in s["by_modality"] if r["key"] == "CT")
-    assert row["studies"] == len(ct)
-    assert row["bytes"] == sum(se.instance_count * se.instance_bytes for x in specs for se in x.series
-                               if se.modality == "CT")
+    assert (row["studies"], row["bytes"]) == (len(ct), sum(_size(x) for x in ct))
     # growth: studies received per month
     months = Counter((x.acquired_at + timedelta(minutes=10)).strftime("%Y-%m") for x in specs)
     assert {m["month"]: m["studies"] for m in s["growth"]["by_month"]} == dict(months)

@@ -225,3 +225,15 @@ def test_reborn_moves_every_date() -> None:
 def test_monotone_policies(when: str, action: str, grows: bool) -> None:
     text = f"name: m\nrules:\n  - id: r\n    when: {when}\n    action: {action}\n"
     assert monotone(parse_policy(text, known_tiers=["hot", "warm"], source="m.yaml")) is grows
+
+
+def test_worked_example_of_docs_cost_md() -> None:
+    # docs/cost.md, "Worked example": 1,000 GB in 100,000 instances on hot, to cold at 3 months;
+    # reads 1 % a month at 3-12 months. Keep on hot: 2 x 1,200.00. Policy: 336.00 + 2.00 + 2.79 + 48.00.
+    reads = ReadProfile((0.0, 0.0, 0.01, 0.01))
+    keep = project(_one((Segment(0, "hot"),)), PRICES, years=2, reads=reads)
+    policy = project(_one((Segment(0, "hot"), Segment(3, "cold"))), PRICES, years=2, reads=reads)
+    assert keep.total == pytest.approx(2400.0)
+    assert policy.years[0].retrieval == pytest.approx(2.79)
+    assert policy.total == pytest.approx(388.79)
+    assert keep.total - policy.total == pytest.approx(2011.21)

@@ -1,7 +1,8 @@
 """Archive analytics: SQL aggregates over the catalog (GROUP BY in the database).
 
-Each function runs one or two grouped queries over the active studies and
-returns plain rows; shaping them into a report is :mod:`ilm.cost.shaping`.
+:func:`study_groups` makes one pass over the active studies for every
+dimension at once; the access log, the patients and the largest studies are
+one query each. Shaping the rows into a report is :mod:`ilm.cost.shaping`.
 A study's age is counted from its StudyDate, or from when it was received
 when it has none. Works the same on SQLite and PostgreSQL.
 """
@@ -16,26 +17,18 @@ from typing import Any
 from sqlalchemy import TIMESTAMP, Date, and_, extract, case, cast, func, literal, or_, select
 from sqlalchemy.engine import Connection
 
-from ilm.catalog.schema import access_log, series, studies
+from ilm.catalog.schema import access_log, studies
 
 __all__ = [
-    "Totals", "totals", "by_modality", "by_modalities_in_study", "by_year", "by_tier", "by_size",
-    "growth_by_month", "reads_by_age", "held_by_age", "never_read_after", "patients_by_study_count",
-    "largest_studies", "sample_study_uids", "SIZE_BUCKETS", "DAYS_PER_MONTH",
+    "StudyGroup", "study_groups", "reads_by_age", "patients_by_study_count", "largest_studies",
+    "sample_study_uids", "SIZE_BUCKETS", "DAYS_PER_MONTH",
 ]
 
 DAYS_PER_MONTH = 365.25 / 12
 # Upper bounds (bytes, exclusive) of the study size buckets; the last bucket is open.
 SIZE_BUCKETS: tuple[int, ...] = (10**7, 10**8, 10**9, 10**10)
 _ACTIVE = studies.c.state == "active"
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    studies: int
-    instances: int
-    size_bytes: int
-    patients: int
+_JULIAN_EPOCH = 2440587.5  # julianday('1970-01-01')
 
 
 def _day(conn: Connection, expr: Any) -> Any:
@@ -48,15 +41,14 @@ def _day(conn: Connection, expr: Any) -> Any:
 
 
 def _day_of(conn: Connection, value: date | datetime) -> Any:
+    """The day number of a value known in Python, as the literal :func:`_day` would compute."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
             value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        text = value.isoformat(" ")
     else:
-        text = value.isoformat()
-    if conn.dialect.name == "postgresql":
-        return extract("epoch", cast(literal(text), TIMESTAMP())) / 86400.0
-    return func.julianday(literal(text))
+        value = datetime.combine(value, datetime.min.time())
+    days = (value - datetime(1970, 1, 1)).total_seconds() / 86400
+    return literal(days if conn.dialect.name == "postgresql" else days + _JULIAN_EPOCH)
 
 
 def _study_day(conn: Connection) -> Any:
@@ -71,62 +63,56 @@ def _age_bucket(age_days: Any, bounds_months: Sequence[int]) -> Any:
     return _bucket(age_days, [m * DAYS_PER_MONTH for m in bounds_months])
 
 
-def totals(conn: Connection) -> Totals:
-    r = conn.execute(select(func.count(), func.coalesce(func.sum(studies.c.instance_count), 0),
-                            func.coalesce(func.sum(studies.c.size_bytes), 0),
-                            func.count(func.distinct(studies.c.patient_pk))).where(_ACTIVE)).one()
-    return Totals(int(r[0]), int(r[1]), int(r[2]), int(r[3]))
+@dataclass(frozen=True, slots=True)
+class StudyGroup:
+    """Active studies that share a study year, month received, size bucket, age bucket, tiers and
+    modalities, with their counts and, per N of ``never_read_days``, those older than N days and
+    those of them nobody read after their first N days."""
+
+    year: str          # '' without a study date
+    month: str         # YYYY-MM received
+    size_bucket: int   # index into SIZE_BUCKETS (the last open)
+    age_bucket: int    # index into the age bounds (the last open)
+    tiers: str
+    modalities: str
+    studies: int
+    instances: int
+    size_bytes: int
+    older: tuple[int, ...]
+    unread: tuple[int, ...]
 
 
-def by_modality(conn: Connection) -> list[tuple[str, int, int, int]]:
-    """Per series modality: series, instances, bytes (a study's bytes split by its series)."""
-    rows = conn.execute(
-        select(series.c.modality, func.count(), func.coalesce(func.sum(series.c.instance_count), 0),
-               func.coalesce(func.sum(series.c.size_bytes), 0))
-        .join(studies, studies.c.id == series.c.study_pk).where(_ACTIVE).group_by(series.c.modality))
-    return [(m or "", int(n), int(i), int(b)) for m, n, i, b in rows]
+def study_groups(conn: Connection, *, today: date, age_bounds_months: Sequence[int],
+                 never_read_days: Sequence[int]) -> list[StudyGroup]:
+    """One pass over the active studies, grouped by every dimension the stats need.
 
-
-def by_modalities_in_study(conn: Connection) -> list[tuple[str, int]]:
-    """Studies per ModalitiesInStudy value (backslash-joined)."""
-    rows = conn.execute(select(studies.c.modalities, func.count()).where(_ACTIVE).group_by(studies.c.modalities))
-    return [(m or "", int(n)) for m, n in rows]
-
-
-def _grouped(conn: Connection, key: Any) -> list[tuple[Any, int, int, int]]:
-    k = key.label("k")
-    rows = conn.execute(
-        select(k, func.count(), func.coalesce(func.sum(studies.c.instance_count), 0),
-               func.coalesce(func.sum(studies.c.size_bytes), 0)).where(_ACTIVE).group_by(k).order_by(k))
-    return [(key_, int(n), int(i), int(b)) for key_, n, i, b in rows]
-
-
-def by_year(conn: Connection) -> list[tuple[str, int, int, int]]:
-    """Per study year: studies, instances, bytes; '' for studies without a date."""
-    if conn.dialect.name == "postgresql":
-        year: Any = func.to_char(studies.c.study_date, "YYYY")
-    else:
-        year = func.strftime("%Y", studies.c.study_date)
-    return [(y or "", n, i, b) for y, n, i, b in _grouped(conn, year)]
-
-
-def by_tier(conn: Connection) -> list[tuple[str, int, int, int]]:
-    """Per value of studies.tiers (backslash-joined when a study is on several): studies, instances, bytes."""
-    return [(t or "", n, i, b) for t, n, i, b in _grouped(conn, studies.c.tiers)]
-
-
-def by_size(conn: Connection) -> list[tuple[int, int, int, int]]:
-    """Per size bucket (index into SIZE_BUCKETS, the last open): studies, instances, bytes."""
-    return [(int(k), n, i, b) for k, n, i, b in _grouped(conn, _bucket(studies.c.size_bytes, SIZE_BUCKETS))]
-
-
-def growth_by_month(conn: Connection) -> list[tuple[str, int, int]]:
-    """Per month received (YYYY-MM): studies and bytes of the studies still active."""
-    if conn.dialect.name == "postgresql":
-        month: Any = func.to_char(studies.c.received_at, "YYYY-MM")
-    else:
-        month = func.strftime("%Y-%m", studies.c.received_at)
-    return [(str(m), n, b) for m, n, _i, b in _grouped(conn, month)]
+    The per-row values (dates as day numbers, buckets) are computed once in a subquery
+    that the database does not flatten (OFFSET 0), then grouped; the marginals (by year,
+    by tier, ...) are summed from the groups by the caller.
+    """
+    pg = conn.dialect.name == "postgresql"
+    # SQLite keeps dates and times as ISO text: the year and month are its first characters.
+    year = func.to_char(studies.c.study_date, "YYYY") if pg else func.substr(studies.c.study_date, 1, 4)
+    month = func.to_char(studies.c.received_at, "YYYY-MM") if pg else func.substr(studies.c.received_at, 1, 7)
+    start = _study_day(conn)
+    rows = select(
+        year.label("y"), month.label("m"), _bucket(studies.c.size_bytes, SIZE_BUCKETS).label("sb"),
+        (_day_of(conn, today) - start).label("age"), (_day(conn, studies.c.last_accessed_at) - start).label("read"),
+        studies.c.tiers, studies.c.modalities, studies.c.instance_count, studies.c.size_bytes,
+    ).where(_ACTIVE).offset(0).subquery()
+    ab = _age_bucket(rows.c.age, age_bounds_months).label("ab")
+    flags = []
+    for n in never_read_days:
+        older = rows.c.age > n
+        flags.append(func.sum(case((older, 1), else_=0)))
+        flags.append(func.sum(case((and_(older, or_(rows.c.read.is_(None), rows.c.read <= n)), 1), else_=0)))
+    q = (select(rows.c.y, rows.c.m, rows.c.sb, ab, rows.c.tiers, rows.c.modalities, func.count(),
+                func.sum(rows.c.instance_count), func.sum(rows.c.size_bytes), *flags)
+         .group_by(rows.c.y, rows.c.m, rows.c.sb, ab, rows.c.tiers, rows.c.modalities))
+    k = len(never_read_days)
+    return [StudyGroup(r[0] or "", r[1] or "", int(r[2]), int(r[3]), r[4] or "", r[5] or "", int(r[6]), int(r[7]),
+                       int(r[8]), tuple(int(r[9 + 2 * i]) for i in range(k)),
+                       tuple(int(r[10 + 2 * i]) for i in range(k))) for r in conn.execute(q)]
 
 
 def reads_by_age(conn: Connection, since: datetime, bounds_months: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -138,25 +124,6 @@ def reads_by_age(conn: Connection, since: datetime, bounds_months: Sequence[int]
         .select_from(access_log.join(studies, studies.c.study_uid == access_log.c.study_uid))
         .where(access_log.c.at >= since).group_by(b))
     return [(int(k), int(n), int(i)) for k, n, i in rows]
-
-
-def held_by_age(conn: Connection, today: date, bounds_months: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Active studies per age bucket today: bucket, studies, instances, bytes."""
-    age = _day_of(conn, today) - _study_day(conn)
-    return [(int(k), n, i, b) for k, n, i, b in _grouped(conn, _age_bucket(age, bounds_months))]
-
-
-def never_read_after(conn: Connection, days: Sequence[int], now: datetime) -> list[tuple[int, int, int]]:
-    """For each N: active studies older than N days, and those of them nobody read after their first N days."""
-    out = []
-    start = _study_day(conn)
-    for n in days:
-        old = (_day_of(conn, now) - start) > n
-        unread = or_(studies.c.last_accessed_at.is_(None), (_day(conn, studies.c.last_accessed_at) - start) <= n)
-        r = conn.execute(select(func.count(), func.coalesce(func.sum(case((unread, 1), else_=0)), 0))
-                         .where(_ACTIVE, old)).one()
-        out.append((n, int(r[0]), int(r[1])))
-    return out
 
 
 def patients_by_study_count(conn: Connection) -> list[tuple[int, int]]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ilm.cost.projection import AGE_BUCKETS, Projection
 
 __all__ = [
-    "age_labels", "size_labels", "composition", "split_modalities", "growth_from_history", "reads_report",
+    "age_labels", "size_labels", "composition", "GroupRow", "Marginals", "marginals", "growth_from_history",
+    "reads_report",
     "never_read_report", "priors_report", "comparison", "money", "money_text",
 ]
 
@@ -67,18 +69,68 @@ def composition(rows: Iterable[tuple[Any, int, int, int]], total_bytes: int,
     return out
 
 
-def split_modalities(series_rows: Iterable[tuple[str, int, int, int]], study_rows: Iterable[tuple[str, int]],
-                     total_bytes: int) -> list[dict[str, Any]]:
-    """Per modality: studies containing it (from ModalitiesInStudy), series, instances, bytes of its series."""
-    studies: dict[str, int] = {}
-    for text, n in study_rows:
-        for m in {p.strip() for p in text.split("\\") if p.strip()} or {""}:
-            studies[m] = studies.get(m, 0) + n
-    out = []
-    for m, n_series, inst, b in sorted(series_rows, key=lambda r: (-r[3], r[0])):
-        out.append({"key": m or "(none)", "studies": studies.get(m, 0), "series": n_series, "instances": inst,
-                    "bytes": b, "share": round(b / total_bytes, 4) if total_bytes else 0.0})
-    return out
+class GroupRow(Protocol):
+    """One group of studies as the catalog adapter returns it (ilm.catalog.analytics.StudyGroup)."""
+
+    @property
+    def year(self) -> str: ...
+    @property
+    def month(self) -> str: ...
+    @property
+    def size_bucket(self) -> int: ...
+    @property
+    def age_bucket(self) -> int: ...
+    @property
+    def tiers(self) -> str: ...
+    @property
+    def modalities(self) -> str: ...
+    @property
+    def studies(self) -> int: ...
+    @property
+    def instances(self) -> int: ...
+    @property
+    def size_bytes(self) -> int: ...
+    @property
+    def older(self) -> tuple[int, ...]: ...
+    @property
+    def unread(self) -> tuple[int, ...]: ...
+
+
+@dataclass
+class Marginals:
+    """Sums of the groups along each dimension: rows of (key, studies, instances, bytes)."""
+
+    studies: int = 0
+    instances: int = 0
+    size_bytes: int = 0
+    by: dict[str, dict[Any, list[int]]] = field(default_factory=dict)
+    older: list[int] = field(default_factory=list)
+    unread: list[int] = field(default_factory=list)
+
+    def rows(self, dimension: str) -> list[tuple[Any, int, int, int]]:
+        return [(k, v[0], v[1], v[2]) for k, v in sorted(self.by.get(dimension, {}).items())]
+
+
+def marginals(groups: Iterable[GroupRow]) -> Marginals:
+    m = Marginals()
+    for g in groups:
+        m.studies += g.studies
+        m.instances += g.instances
+        m.size_bytes += g.size_bytes
+        keys = {"year": g.year, "month": g.month, "size": g.size_bucket, "age": g.age_bucket,
+                "tier": "+".join(t for t in g.tiers.split("\\") if t),
+                "modalities": "+".join(x for x in g.modalities.split("\\") if x)}
+        for dim, key in keys.items():
+            acc = m.by.setdefault(dim, {}).setdefault(key, [0, 0, 0])
+            acc[0] += g.studies
+            acc[1] += g.instances
+            acc[2] += g.size_bytes
+        if not m.older:
+            m.older, m.unread = [0] * len(g.older), [0] * len(g.unread)
+        for i, (o, u) in enumerate(zip(g.older, g.unread)):
+            m.older[i] += o
+            m.unread[i] += u
+    return m
 
 
 def _month_index(ym: str) -> int:
