@@ -279,3 +279,22 @@ def test_s3_kms_headers_are_sent(s3_server: SeaweedFS) -> None:
     assert sent and sent[0]["x-amz-server-side-encryption"] == "aws:kms"
     assert sent[0]["x-amz-server-side-encryption-aws-kms-key-id"] == "arn:aws:kms:eu-west-1:111122223333:key/ilm"
     assert "x-amz-checksum-sha256" in sent[0] and sent[0]["If-None-Match"] == "*"
+
+
+def test_ilm_serve_refuses_to_start_without_a_usable_master_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    write_config(home, f"sqlite:///{tmp_path / 'c.sqlite'}",
+                 '[tiers.safe]\nkind = "filesystem"\npath = "tiers/safe"\nencryption = "envelope"\n')
+    ilm = Path(sys.executable).parent / "ilm"
+    r = subprocess.run([str(ilm), "serve", "--home", str(home), "--dicom-port", "0", "--http-port", "0"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "ILM_HOME": str(home)})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no active master key" in r.stderr and "ilm keys new" in r.stderr
+    KeyRing(home / "keyring.toml").add("k1")
+    os.chmod(home / "keyring.toml", 0o644)
+    r = subprocess.run([str(ilm), "serve", "--home", str(home), "--dicom-port", "0", "--http-port", "0"],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "ILM_HOME": str(home)})
+    assert r.returncode == 2 and "chmod 600" in r.stderr

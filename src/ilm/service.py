@@ -922,6 +922,14 @@ class ArchiveService:
 
     # -- master keys of encrypted tiers (ilm.encryption, docs/security.md) ------------
 
+    def check_encryption(self) -> list[str]:
+        """Open every encrypted tier now, so that a key ring that cannot encrypt (missing,
+        readable by others, no active key) is a ConfigError at start; their names."""
+        names = [n for n, t in self.settings.tiers.items() if t.encryption == "envelope"]
+        for n in names:
+            self.tier(n)
+        return names
+
     def keys_list(self, *, tier: str | None = None) -> tuple[list[encryption.KeyInfo], dict[str, int]]:
         return encryption.list_keys(self.catalog, self.settings, tier=tier)
 

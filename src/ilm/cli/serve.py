@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from ilm.cli.app import HomeOption, app, console, fail, open_service
 from ilm.cli.watermark import start_watermark_checks
 from ilm.config import DicomSettings, HttpSettings
-from ilm.errors import ConfigError
+from ilm.errors import ConfigError, IlmError
 from ilm.security.tls import https_options
 from ilm.service import ArchiveService
 
@@ -65,6 +65,12 @@ def serve(
         signal.signal(sig, on_signal)
 
     with open_service(home) as service:
+        try:
+            encrypted = service.check_encryption()  # no usable master key: refuse to start (docs/security.md)
+        except IlmError as exc:
+            fail(str(exc), 2)
+        if encrypted:
+            console.print(f"encryption: envelope on tier(s) {', '.join(encrypted)}", highlight=False)
         recovered = service.recover()  # finish or undo moves a crash interrupted, before serving
         if recovered.rolled_back or recovered.finished or recovered.problems:
             console.print(f"recovered interrupted moves: {recovered.finished} finished, {recovered.rolled_back} rolled back",
