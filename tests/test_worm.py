@@ -430,3 +430,64 @@ def test_recovery_of_a_move_interrupted_after_commit_keeps_the_locked_source(
     assert report.finished == 2 and not report.problems
     assert [(t, s) for t, s, *_ in _copies(fs_service, uid)] == [("vault", "retained")] * 2 + [("warm", "verified")] * 2
     assert recover_moves(fs_service.catalog, fs_service.tier).finished == 0  # nothing left pending
+
+
+def test_a_restored_copy_on_a_worm_tier_is_kept_until_its_lock_ends(
+        tmp_path: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    """Restores go to the first tier; when it is WORM, the restored copy's expiry is its lock's date
+    (restored_copy_days would end first): the restore expires then, not before, and nothing is left over."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "ilm.toml").write_text(f"""
+[catalog]
+url = "{catalog_url}"
+
+[tiers.hot]
+kind = "filesystem"
+path = "tiers/hot"
+fsync = false
+worm = "governance"
+retain_days = 5
+
+[tiers.warm]
+kind = "filesystem"
+path = "tiers/warm"
+fsync = false
+
+[tiers.vault]
+kind = "filesystem"
+path = "tiers/vault"
+fsync = false
+archive = true
+retrieval_latency_seconds = 1
+restored_copy_days = 2
+
+[ingest]
+tier = "warm"
+""")
+    service = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        t0 = datetime.now(timezone.utc)
+        _set_clock(service, t0)
+        uid = _ingest(service, pydicom_test_files / "CT_small.dcm", tmp_path, 207)
+        assert move_study(service.catalog, service.tier, uid, "vault").ok
+        [st] = service.recall([uid], "t")
+        assert st.target_tier == "hot"
+        done = t0 + timedelta(seconds=2)
+        _set_clock(service, done)
+        assert service.process_restores().completed == [uid]
+        [st] = service.restores()
+        assert st.expires_at == done + timedelta(days=5)  # the lock, not restored_copy_days (2)
+        assert {(t, m) for t, _s, m, _u in _copies(service, uid) if t == "hot"} == {("hot", "governance")}
+        hot = service.settings.resolve("tiers/hot")
+        _set_clock(service, done + timedelta(days=3))  # past restored_copy_days, inside the lock
+        report = service.process_restores()
+        assert report.dropped == 0 and not report.problems
+        assert all((hot / k).exists() for k in _keys(uid))
+        _set_clock(service, done + timedelta(days=5, seconds=1))
+        report = service.process_restores()
+        assert report.dropped == 2 and report.expired == [uid] and not report.problems
+        assert not any((hot / k).exists() for k in _keys(uid))
+        assert {t for t, *_ in _copies(service, uid)} == {"vault"}
+    finally:
+        service.close()

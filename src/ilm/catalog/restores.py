@@ -235,14 +235,14 @@ def _insert_ignore(conn: Connection, values: list[dict[str, object]]) -> None:
 
 
 def record_restored(conn: Connection, done: list[tuple[RestoreItem, str, int]], target: str, now: datetime,
-                    expires_at: datetime) -> None:
+                    expires_at: datetime, lock: tuple[str, datetime] | None = None) -> None:
     """Catalogue verified restored copies on ``target``; a copy another worker
     recorded first is left as it is. ``done`` holds (item, sha256 the target
-    vouched for, size)."""
+    vouched for, size); ``lock`` the (mode, retain-until) of copies on a WORM ``target``."""
     _insert_ignore(conn, [
         {"instance_pk": it.instance_pk, "tier": target, "object_key": it.target_key, "size_bytes": size,
          "sha256": sha, "state": CopyState.VERIFIED.value, "created_at": now, "verified_at": now,
-         "expires_at": expires_at}
+         "expires_at": expires_at, "lock_mode": lock[0] if lock else None, "retain_until": lock[1] if lock else None}
         for it, sha, size in done
     ])
     if done:

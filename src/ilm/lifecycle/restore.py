@@ -62,6 +62,7 @@ from ilm.catalog.restores import (
 )
 from ilm.config import Settings
 from ilm.errors import ConfigError, IlmError, IntegrityError, NotFound, NotReady, StorageError
+from ilm.lifecycle import worm
 from ilm.lifecycle.limits import RateLimiter
 from ilm.lifecycle.move import _copy_one
 from ilm.storage import ObjectExists, Tier
@@ -381,8 +382,11 @@ def _complete(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier]
         report.failed.append((row.study_uid, reason))
         return
     expires = now + timedelta(days=_days(settings, row.archive_tier))
+    lock = worm.tier_lock(dst, now)
+    if lock is not None:  # restored onto a WORM tier: the copy cannot go before its lock ends
+        expires = max(expires, lock[1])
     with catalog.write() as conn:
-        record_restored(conn, good, row.target_tier, now, expires)
+        record_restored(conn, good, row.target_tier, now, expires, lock)
         if set_restore_state(conn, row.id, "ready", from_states=("requested", "restoring"), completed_at=now,
                              expires_at=expires, detail=""):
             append_audit(conn, at=now, actor="ilm-restore", action="restore.complete", study_uid=row.study_uid,
