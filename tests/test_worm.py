@@ -491,3 +491,19 @@ tier = "warm"
         assert {t for t, *_ in _copies(service, uid)} == {"vault"}
     finally:
         service.close()
+
+
+@pytest.mark.s3
+def test_an_object_on_a_worm_s3_tier_is_never_rewritten(
+        s3_locked: tuple[ArchiveService, str], s3_server: SeaweedFS, pydicom_test_files: Path, tmp_path: Path) -> None:
+    """Key rotation rewrites encrypted objects' headers with ``replace``: not on a WORM tier."""
+    service, bucket = s3_locked
+    uid = _ingest(service, pydicom_test_files / "CT_small.dcm", tmp_path, 306, n=1)
+    key = _keys(uid, 1)[0]
+    before = s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+    tier = service.tier("locked")
+    with pytest.raises(ObjectLocked, match="not rewritten"):
+        tier.replace(key, b"other bytes")  # type: ignore[attr-defined]
+    listing = s3_server.client().list_object_versions(Bucket=bucket, Prefix=key)
+    assert len(listing["Versions"]) == 1
+    assert s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read() == before

@@ -333,8 +333,12 @@ class S3Tier:
         object's header). An S3 PUT replaces an object atomically; the bytes are
         checksummed like any put, and conditional on the ETag the object has
         (``If-Match``), so an object deleted meanwhile is not brought back.
-        ObjectNotFound when there is nothing to replace."""
+        ObjectNotFound when there is nothing to replace; ObjectLocked on a WORM tier,
+        whose objects are never rewritten (the old version would stay, locked, under
+        a new unlocked one)."""
         full = self._key(key)
+        if self.worm != "off":
+            raise ObjectLocked(f"tier {self.name!r}: {key} is immutable (worm = {self.worm}): not rewritten")
         etag = self._head(key, full)["ETag"]
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
         try:
