@@ -164,8 +164,9 @@ def test_key_ring_file_is_private_and_checked(tmp_path: Path) -> None:
     ring = KeyRing(path, env={})
     with pytest.raises(ConfigError, match="ilm keys new"):
         ring.active()
-    ring.add("k1")
+    key = ring.add("k1")
     assert (path.stat().st_mode & 0o777) == 0o600
+    assert "material" not in repr(key) and str(key.material) not in repr(key)  # never in a log line
     os.chmod(path, 0o640)
     with pytest.raises(ConfigError, match=r"ring.toml: mode 0640 .*chmod 600"):
         KeyRing(path, env={})

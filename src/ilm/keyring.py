@@ -33,7 +33,7 @@ import stat
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,7 +49,7 @@ ENV_ACTIVE = "ILM_ACTIVE_KEY"
 @dataclass(frozen=True)
 class MasterKey:
     id: str
-    material: bytes
+    material: bytes = field(repr=False)  # never in a log line or a traceback
     created: str = ""
     retired: bool = False
     source: str = "file"  # file | env
