@@ -210,3 +210,46 @@ def test_verify_finds_a_changed_byte_on_the_encrypted_tier(service: ArchiveServi
     report = service.verify(tier="safe", repair=False)
     assert (report.ok, report.bad) == (3, 1)
     assert any("integrity failure" in p for p in map(str, report.problems))
+
+
+def test_restore_from_an_encrypted_archive_tier(tmp_path: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    """A study moved onto an encrypted archive tier (tape/Glacier semantics) and
+    restored onto the encrypted hot tier reads back as it was sent; the restored
+    copy is encrypted too, and the archive copy stays."""
+    from datetime import datetime, timedelta, timezone
+
+    from ilm.lifecycle.move import move_study
+
+    home = tmp_path / "home"
+    write_config(home, catalog_url, '[tiers.vault]\nkind = "filesystem"\npath = "tiers/vault"\nfsync = false\n'
+                 'archive = true\nretrieval_latency_seconds = 60\nencryption = "envelope"\n')
+    text = (home / "ilm.toml").read_text().replace('path = "tiers/hot"\n', 'path = "tiers/hot"\nencryption = "envelope"\n')
+    (home / "ilm.toml").write_text(text)
+    KeyRing(home / "keyring.toml").add("k1")
+    svc = ArchiveService.open(load_settings(home=home, env={}))
+    now = [datetime(2030, 1, 1, tzinfo=timezone.utc)]
+    svc.clock = lambda: now[0]
+    try:
+        sent = _ingest(svc, pydicom_test_files)
+        uids = [s.study_instance_uid for s in svc.studies(StudyFilter())]
+        for uid in uids:
+            assert move_study(svc.catalog, svc.tier, uid, "vault").ok
+        vault = svc.tier("vault")
+        assert isinstance(vault, EncryptedTier) and all(vault.inner.get(k).startswith(b"ILMENC") for k in vault.keys())
+        svc.recall(uids, "test")
+        now[0] += timedelta(seconds=61)
+        assert len(svc.process_restores().completed) == len(uids)
+        refs = [r for uid in uids for r in svc.instances_to_read(uid)]
+        assert {r.tier for r in refs} == {"hot"}
+        assert {r.sop_uid: svc.read(r) for r in refs} == sent
+        hot = _safe_named(svc, "hot")
+        assert sorted(hot.keys()) == sorted(vault.keys())
+        assert all(hot.inner.get(k).startswith(b"ILMENC") for k in hot.keys())
+    finally:
+        svc.close()
+
+
+def _safe_named(service: ArchiveService, name: str) -> EncryptedTier:
+    t = service.tier(name)
+    assert isinstance(t, EncryptedTier)
+    return t
