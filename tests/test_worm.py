@@ -10,6 +10,7 @@ retention the test shortened as a governance administrator would.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -221,6 +222,13 @@ def test_a_move_off_a_worm_tier_keeps_the_source_until_its_date(
         assert conn.execute(sa.text("SELECT tiers FROM studies WHERE study_uid = :u"), {"u": uid}).scalar() == "warm"
     vault = fs_service.settings.resolve("tiers/vault")
     assert all((vault / k).exists() for k in _keys(uid))
+    # ilm worm status says what is kept and until when.
+    r = runner.invoke(app, ["worm", "status", "--json", "--home", str(fs_service.settings.home)])
+    assert r.exit_code == 0, r.output
+    [row] = json.loads(r.output)
+    assert (row["tier"], row["worm"], row["retain_days"]) == ("vault", "compliance", RETAIN)
+    assert (row["locked"], row["retained"]) == (2, 2) and row["retained_bytes"] > 0
+    assert row["next_release"][:10] == f"{datetime.now(timezone.utc) + timedelta(days=RETAIN):%Y-%m-%d}"
     # A later run before the date keeps them; after it, drops them.
     assert worm.drop_released(fs_service.catalog, fs_service.tier, datetime.now(timezone.utc)).dropped == 0
     _set_clock(fs_service, datetime.now(timezone.utc) + timedelta(days=RETAIN + 1))
@@ -228,6 +236,8 @@ def test_a_move_off_a_worm_tier_keeps_the_source_until_its_date(
     assert report.released == 2 and not report.problems
     assert [(t, s) for t, s, *_ in _copies(fs_service, uid)] == [("warm", "verified")] * 2
     assert not any((vault / k).exists() for k in _keys(uid))
+    [row] = fs_service.worm_status()
+    assert (row.locked, row.retained, row.next_release) == (0, 0, None)
 
 
 def test_worm_options_are_checked(tmp_path: Path, catalog_url: str) -> None:

@@ -533,6 +533,10 @@ class ArchiveService:
         self._mirror_holds(worm.covered_studies(self.catalog, row.scope, row.target), f"hold {hold_id} released")
         return row
 
+    def worm_status(self) -> list[worm.WormStatus]:
+        """Each WORM tier: mode, copies locked now and until when, copies kept after moves (ilm worm status)."""
+        return worm.worm_status(self.catalog, self.settings, self.clock())
+
     def hold_sync(self) -> worm.MirrorReport:
         """Set the S3 legal hold of every study any hold ever covered to what ilm's holds say now."""
         uids = [u for h in self.holds(active_only=False) for u in worm.covered_studies(self.catalog, h.scope, h.target)]

@@ -24,7 +24,7 @@ from ilm.models import CopyState
 
 __all__ = [
     "study_locks", "locked_instances", "retain_copy", "retain_sources", "ReleasedCopy", "released_copies", "drop_released",
-    "WormCopy", "copies_on_tiers", "held_studies", "studies_covered",
+    "WormCopy", "copies_on_tiers", "held_studies", "studies_covered", "TierLocks", "lock_summary",
 ]
 
 _PRESENT = (CopyState.VERIFIED.value, CopyState.RETAINED.value, CopyState.DELETING.value)
@@ -111,6 +111,39 @@ def drop_released(conn: Connection, copies: list[ReleasedCopy]) -> None:
                                              locations.c.state == CopyState.RETAINED.value))
     if copies:
         refresh_study_tiers(conn, [c.instance_pk for c in copies])
+
+
+@dataclass(frozen=True, slots=True)
+class TierLocks:
+    """What one tier holds under lock, as the catalog records it."""
+
+    tier: str
+    locked: int                    # copies whose retain-until is still ahead
+    locked_bytes: int
+    locked_until: datetime | None  # the latest of those dates
+    retained: int                  # copies kept after a move only for their lock
+    retained_bytes: int
+    next_release: datetime | None  # the earliest date one of them may be dropped
+
+
+def lock_summary(conn: Connection, now: datetime) -> list[TierLocks]:
+    """Per tier with any locked or retained copy: counts, bytes and dates."""
+    c = locations.c
+    ahead = and_(c.retain_until > now, c.state.in_(_PRESENT))
+    kept = c.state == CopyState.RETAINED.value
+
+    def n(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    def size(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, c.size_bytes), else_=0)), 0)
+
+    rows = conn.execute(
+        select(c.tier, n(ahead), size(ahead), func.max(case((ahead, c.retain_until), else_=None)),
+               n(kept), size(kept), func.min(case((kept, c.retain_until), else_=None)))
+        .where(c.retain_until.is_not(None)).group_by(c.tier).order_by(c.tier))
+    return [TierLocks(r[0], int(r[1]), int(r[2]), _aware(r[3]) if r[3] else None, int(r[4]), int(r[5]),
+                      _aware(r[6]) if r[6] else None) for r in rows if int(r[1]) or int(r[4])]
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,14 +28,16 @@ from typing import Any, Protocol, runtime_checkable
 from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.locks import (
-    copies_on_tiers, drop_released as drop_released_rows, held_studies, released_copies, studies_covered, study_locks,
+    copies_on_tiers, drop_released as drop_released_rows, held_studies, lock_summary, released_copies, studies_covered,
+    study_locks,
 )
 from ilm.config import Settings
 from ilm.errors import StorageError
 from ilm.storage import Tier
 
 __all__ = ["tier_lock", "purge_lock", "drop_released", "ReleaseReport", "mirror_holds", "MirrorReport",
-           "LegalHolds", "worm_tiers", "covered_studies", "hold_new_object"]
+           "LegalHolds", "worm_tiers", "covered_studies", "hold_new_object",
+           "WormStatus", "worm_status"]
 
 log = logging.getLogger("ilm.worm")
 
@@ -154,6 +156,35 @@ def hold_new_object(catalog: Catalog, tier: Tier, key: str, study_uid: str) -> N
     except StorageError as exc:
         log.warning("legal hold not set on new object %s of held study %s: %s (run 'ilm hold sync')",
                     key, study_uid, exc)
+
+
+@dataclass(frozen=True, slots=True)
+class WormStatus:
+    """A tier's immutability settings and what it holds under lock (ilm worm status)."""
+
+    tier: str
+    worm: str
+    retain_days: int
+    locked: int = 0
+    locked_bytes: int = 0
+    locked_until: datetime | None = None
+    retained: int = 0
+    retained_bytes: int = 0
+    next_release: datetime | None = None
+
+
+def worm_status(catalog: Catalog, settings: Settings, now: datetime) -> list[WormStatus]:
+    """Every WORM tier, and any other tier still holding locked copies (written while it was WORM)."""
+    with catalog.read() as conn:
+        held = {t.tier: t for t in lock_summary(conn, now)}
+    out = []
+    for name in [*worm_tiers(settings), *sorted(set(held) - set(worm_tiers(settings)))]:
+        t = settings.tiers.get(name)
+        s = held.get(name)
+        out.append(WormStatus(name, t.worm if t else "(not configured)", t.retain_days if t else 0,
+                              *((s.locked, s.locked_bytes, s.locked_until, s.retained, s.retained_bytes,
+                                 s.next_release) if s else ())))
+    return out
 
 
 def covered_studies(catalog: Catalog, scope: str, target: str) -> list[str]:
