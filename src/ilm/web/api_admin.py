@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from ilm.errors import ConfigError
 from ilm.policy.durations import DurationError, parse_period
-from ilm.web.api_common import ERRORS, ApiRoute, Row, actor, service_of
+from ilm.web.api_common import ERRORS, ApiRoute, Row, UtcDateTime, actor, service_of
 from ilm.web.auth import require
 
 __all__ = ["router"]
@@ -30,11 +29,11 @@ class TokenOut(Row):
     id: int
     name: str
     role: str
-    created_at: datetime
+    created_at: UtcDateTime
     created_by: str
-    expires_at: datetime | None
-    revoked_at: datetime | None
-    last_used_at: datetime | None
+    expires_at: UtcDateTime | None
+    revoked_at: UtcDateTime | None
+    last_used_at: UtcDateTime | None
 
 
 class TokenCreate(BaseModel):

@@ -6,13 +6,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 
-from ilm.web.api_common import ERRORS, ApiRoute, Row, service_of
+from ilm.web.api_common import ERRORS, ApiRoute, Row, UtcDateTime, service_of
 from ilm.web.auth import require
 
 __all__ = ["router"]
@@ -23,7 +22,7 @@ router = APIRouter(prefix="/api", tags=["audit"], route_class=ApiRoute, response
 
 class EntryOut(Row):
     id: int | None
-    at: datetime
+    at: UtcDateTime
     actor: str
     action: str
     study_uid: str | None

@@ -5,6 +5,7 @@ service and an ``IlmError`` it raises becomes a JSON ``{"detail": ...}`` with
 the status that fits (docs/api.md):
 
     400  bad input: a policy with errors (with ``issues``), a bad value, a path outside ILM_HOME
+    422  a request that does not fit the route's schema (FastAPI's validation; a UID not digits and dots)
     404  no such study, plan, hold or token
     409  refused in the state things are in: a plan whose policy changed, applied already,
          a study not in quarantine, a configuration without what the request needs
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from datetime import datetime, timezone
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Path, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ilm.errors import (
     CatalogError, ConfigError, Forbidden, IlmError, InvalidQuery, NotFound, NothingToApply, StorageError,
@@ -31,9 +33,28 @@ from ilm.policy import PolicyError
 from ilm.service import ArchiveService
 from ilm.web.auth import principal
 
-__all__ = ["ApiRoute", "Row", "error_status", "error_body", "service_of", "actor", "ERRORS"]
+__all__ = ["ApiRoute", "Row", "UtcDateTime", "UID_PATTERN", "UidPath", "uid_field", "error_status", "error_body", "service_of", "actor", "ERRORS"]
 
 log = logging.getLogger(__name__)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t  # SQLite returns naive UTC
+
+
+# A timestamp as RFC 3339 with its offset (the catalog holds UTC; SQLite gives it back without a zone).
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+# A DICOM UID: digits and dots, at most 64 characters (PS3.5 9.1). Checked at the door: a
+# NUL or a 10 kB string never reaches the catalog (PostgreSQL refuses NUL in text).
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+UidPath = Path(pattern=UID_PATTERN, max_length=64, description="A Study Instance UID (digits and dots).")
+
+
+def uid_field(**kw: Any) -> Any:
+    """A body field holding a UID (``Field`` arguments in ``kw``: default, description)."""
+    return Field(pattern=UID_PATTERN, max_length=64, **kw)
 
 
 class Row(BaseModel):
@@ -71,6 +92,8 @@ def error_status(exc: BaseException) -> int | None:
         return 404
     if isinstance(exc, (PlanChanged, NothingToApply, ConfigError)):
         return 409
+    if _catalog_failure(exc) and type(exc).__name__ == "DataError":
+        return 400  # a value the database cannot hold (an integer out of range, a NUL byte)
     if isinstance(exc, (CatalogError, StorageError)) or _catalog_failure(exc):
         return 503
     if isinstance(exc, (PolicyError, InvalidQuery, IlmError, ValueError)):
@@ -82,6 +105,8 @@ def error_body(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, PolicyError):
         return {"detail": f"the policy has {len(exc.issues)} error(s); nothing was done",
                 "issues": [str(i) for i in exc.issues]}
+    if _catalog_failure(exc) and type(exc).__name__ == "DataError":
+        return {"detail": "a value in the request cannot be stored or matched by the catalog (out of range, NUL byte)"}
     if _catalog_failure(exc):
         return {"detail": f"catalog unavailable: {type(exc).__name__}"}
     return {"detail": str(exc)}

@@ -19,7 +19,7 @@ apply re-reads the plan's policy and refuses it if it changed.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ilm.errors import NotFound
 from ilm.policy import Decision, check_policy
 from ilm.service import ArchiveService
-from ilm.web.api_common import ERRORS, ApiRoute, Row, actor, service_of
+from ilm.web.api_common import ERRORS, ApiRoute, Row, UtcDateTime, actor, service_of, uid_field
 from ilm.web.auth import require
 
 __all__ = ["router"]
@@ -61,7 +61,7 @@ class PlanCreate(PolicyRef):
 
 
 class ExplainRequest(PolicyRef):
-    study_uid: str = Field(min_length=1, max_length=64)
+    study_uid: str = uid_field()
     as_of: date | None = None
 
 
@@ -103,7 +103,7 @@ class PlanSummary(BaseModel):
 
 class PlanOut(Row):
     id: str
-    created_at: datetime
+    created_at: UtcDateTime
     created_by: str
     as_of: date
     policy_name: str
@@ -148,8 +148,8 @@ class JobOut(Row):
     bytes_moved: int
     error: str
     stopped: str
-    started_at: datetime
-    finished_at: datetime | None
+    started_at: UtcDateTime
+    finished_at: UtcDateTime | None
 
 
 class Progress(BaseModel):

@@ -14,14 +14,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
 from ilm.errors import StorageError
-from ilm.web.api_common import ERRORS, ApiRoute, Row, actor, service_of
+from ilm.web.api_common import ERRORS, ApiRoute, Row, UidPath, UtcDateTime, actor, service_of, uid_field
 from ilm.web.auth import require
 
 __all__ = ["router"]
@@ -35,13 +34,13 @@ class HoldOut(Row):
     target: str = Field(description="The Study Instance UID, or the patient key (issuer and Patient ID).")
     reason: str
     created_by: str
-    created_at: datetime
-    released_at: datetime | None
+    created_at: UtcDateTime
+    released_at: UtcDateTime | None
     released_by: str | None
 
 
 class HoldCreate(BaseModel):
-    study_uid: str | None = Field(default=None, min_length=1, max_length=64)
+    study_uid: str | None = uid_field(default=None)
     patient_id: str | None = Field(default=None, min_length=1, max_length=64)
     issuer: str = Field(default="", max_length=64, description="Issuer of the Patient ID, when the archive has several.")
     reason: str = Field(min_length=1, max_length=1000, description="Why: a case number, a request.")
@@ -73,8 +72,8 @@ class Done(BaseModel):
 class QuarantinedOut(Row):
     study_uid: str
     state: str
-    quarantined_at: datetime | None
-    quarantine_until: datetime | None
+    quarantined_at: UtcDateTime | None
+    quarantine_until: UtcDateTime | None
     rule: str | None
     plan: str | None
     instance_count: int
@@ -114,7 +113,7 @@ def add_hold(body: HoldCreate, request: Request) -> Any:
 
 
 @router.delete("/holds/{hold_id}", response_model=HoldOut, dependencies=[require("operator")])
-def remove_hold(request: Request, hold_id: int = Path(ge=1, le=2**62), by: str | None = ByQuery) -> Any:
+def remove_hold(request: Request, hold_id: int = Path(ge=1, le=2**31 - 1), by: str | None = ByQuery) -> Any:
     """Release a hold by its id (404: no active hold with that id)."""
     return HoldOut.model_validate(service_of(request).hold_remove(hold_id, actor(request, by)))
 
@@ -126,14 +125,14 @@ def sync_holds(request: Request) -> Any:
 
 
 @router.put("/studies/{study_uid}/labels/{name}", response_model=Done, dependencies=[require("operator")])
-def add_label(study_uid: str, request: Request, name: str = Label, by: str | None = ByQuery) -> Done:
+def add_label(request: Request, study_uid: str = UidPath, name: str = Label, by: str | None = ByQuery) -> Done:
     """Label a study (policies match labels: ``labels: teaching``)."""
     service_of(request).label(study_uid, name, present=True, by=actor(request, by))
     return Done(study_uid=study_uid, detail=f"labelled {name!r}")
 
 
 @router.delete("/studies/{study_uid}/labels/{name}", response_model=Done, dependencies=[require("operator")])
-def remove_label(study_uid: str, request: Request, name: str = Label, by: str | None = ByQuery) -> Done:
+def remove_label(request: Request, study_uid: str = UidPath, name: str = Label, by: str | None = ByQuery) -> Done:
     """Remove a label from a study."""
     service_of(request).label(study_uid, name, present=False, by=actor(request, by))
     return Done(study_uid=study_uid, detail=f"removed label {name!r}")
@@ -146,7 +145,7 @@ def quarantine(request: Request) -> Any:
 
 
 @router.post("/quarantine/{study_uid}/restore", response_model=Done, dependencies=[require("approver")])
-def restore_from_quarantine(study_uid: str, request: Request, by: str | None = ByQuery) -> Done:
+def restore_from_quarantine(request: Request, study_uid: str = UidPath, by: str | None = ByQuery) -> Done:
     """Bring an expired study back from quarantine (404: unknown or purged; 400: not quarantined)."""
     service_of(request).restore(study_uid, actor(request, by))
     return Done(study_uid=study_uid, detail="restored from quarantine")

@@ -46,7 +46,7 @@ from starlette.requests import ClientDisconnect
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.auth import require
-from ilm.web import api_admin, api_audit, api_ops, api_plans, api_retention, api_studies, api_tiers
+from ilm.web import api_admin, api_analytics, api_audit, api_fixity, api_ops, api_plans, api_retention, api_studies, api_tiers
 from ilm.web.dashboard import install as install_dashboard
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
@@ -149,5 +149,7 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None,
     app.include_router(api_tiers.router)
     app.include_router(api_admin.router)
     app.include_router(api_ops.router)
+    app.include_router(api_analytics.router)
+    app.include_router(api_fixity.router)
     install_dashboard(app)  # the web dashboard at / (ilm.web.dashboard)
     return app

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from ilm.errors import ConfigError, IlmError, NotFound, StorageError
 from ilm.service import ArchiveService
+from ilm.web.api_common import UID_PATTERN
 from ilm.web.auth import principal, require
 
 __all__ = ["router", "RestoreRequest"]
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/api", tags=["restores"])
 
 
 class RestoreRequest(BaseModel):
-    study_uids: list[str] = Field(min_length=1, max_length=10_000)
+    study_uids: list[Annotated[str, Field(pattern=UID_PATTERN, max_length=64)]] = Field(min_length=1, max_length=10_000)
     requested_by: str | None = Field(None, max_length=128)
 
 
