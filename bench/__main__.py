@@ -21,9 +21,10 @@ from typing import Any
 from bench import catalog, cstore, data, harness, importing, prefetch, report, stow, transition
 from bench import plan, retrieve, verify, wado
 from bench import audit
+from bench import analytics
 from bench import encryption
 
-MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan, verify, audit, encryption]
+MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan, verify, audit, encryption, analytics]
 BY_NAME = {m.NAME: m for m in MODULES}
 QUICK_INSTANCES = 250
 

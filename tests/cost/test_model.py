@@ -12,6 +12,7 @@ from ilm.cost.model import (
 from ilm.cost.projection import (
     Cohort, Growth, ReadProfile, Scenario, Segment, project, read_profile,
 )
+from ilm.cost import shaping
 from ilm.cost.simulate import monotone, path_of, reborn
 from ilm.policy import PatientFacts, StudyFacts, parse_policy
 
@@ -237,3 +238,28 @@ def test_worked_example_of_docs_cost_md() -> None:
     assert policy.years[0].retrieval == pytest.approx(2.79)
     assert policy.total == pytest.approx(388.79)
     assert keep.total - policy.total == pytest.approx(2011.21)
+
+
+def _months(first: str, n: int, studies: int, nbytes: int) -> list[tuple[str, int, int]]:
+    y, m = map(int, first.split("-"))
+    out = []
+    for i in range(n):
+        k = y * 12 + m - 1 + i
+        out.append((f"{k // 12:04d}-{k % 12 + 1:02d}", studies, nbytes))
+    return out
+
+
+def test_growth_from_history() -> None:
+    today = date(2026, 6, 30)
+    # last 12 full months (2025-06 .. 2026-05): 120 studies, 12 x 1.21 GB; two years before
+    # (2023-06 .. 2024-05): 120 studies, 12 x 1 GB. Rate: (14.52 / 12) ** 0.5 - 1 = 1.1 - 1 = 10 %.
+    # June 2026 (not a full month yet) is left out.
+    months = _months("2023-06", 12, 10, 10**9) + _months("2025-06", 12, 10, 121 * 10**7) + [("2026-06", 99, 10**12)]
+    g = shaping.growth_from_history(months, today)
+    assert g["bytes_per_month"] == pytest.approx(1.21e9) and g["yearly_rate"] == pytest.approx(0.1)
+    # 5 studies a month (60 a year): too little history for a rate
+    g = shaping.growth_from_history(_months("2023-06", 12, 5, 10**9) + _months("2025-06", 12, 5, 4 * 10**9), today)
+    assert g["yearly_rate"] == 0.0 and "too little" in g["source"]
+    # a tenfold year is held at +100 %
+    g = shaping.growth_from_history(_months("2023-06", 12, 10, 10**9) + _months("2025-06", 12, 10, 10**11), today)
+    assert g["yearly_rate"] == 1.0

@@ -235,7 +235,6 @@ def demo(
         console.print(f"access history: last access of {touched:,} studies set from the plan's reads")
         print_summary(service)
         _demo_lifecycle(service, home, cfg.reference)
-        _demo_cost(service, home, cfg.reference)
         demo_access(service, home)
     finally:
         service.close()
@@ -244,6 +243,7 @@ def demo(
     service = ArchiveService.open(settings)
     try:
         console.print(_summary_table("By tier", "Tier", service.summary()["tier"]))
+        _demo_cost(service, home, cfg.reference)
     finally:
         service.close()
     console.print(

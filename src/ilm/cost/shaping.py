@@ -138,26 +138,36 @@ def _month_index(ym: str) -> int:
     return int(y) * 12 + int(m) - 1
 
 
+MIN_STUDIES_FOR_RATE = 100  # per year: below this the growth rate of a history is noise
+MAX_YEARLY_RATE = 1.0        # a projection compounds the rate: one odd year must not explode it
+
+
 def growth_from_history(months: Iterable[tuple[str, int, int]], today: date) -> dict[str, Any]:
     """Bytes received per month over the last 12 full months, and the yearly growth of that rate.
 
-    The rate is the last 12 months' bytes over the 12 months before them, minus one (0 when
-    there is no earlier year). Only studies still in the archive are counted.
+    The rate compares the last 12 full months with the 12 months two years before them:
+    (last / earlier) ** (1/2) - 1, between -50 % and +100 %; it is 0 when either year has
+    fewer than 100 studies (or the history is shorter). Only studies still in the archive count.
     """
     now = today.year * 12 + today.month - 1
-    last = prev = 0
-    for ym, _n, b in months:
+    years = [[0, 0], [0, 0], [0, 0]]  # studies, bytes of the last 12 full months, the 12 before, ...
+    for ym, n, b in months:
         try:
             k = now - _month_index(ym)
         except ValueError:
             continue
-        if 1 <= k <= 12:
-            last += b
-        elif 13 <= k <= 24:
-            prev += b
-    rate = last / prev - 1 if prev else 0.0
-    return {"bytes_per_month": last / 12, "yearly_rate": round(rate, 4), "source": "catalog: bytes received in "
-            "the last 12 full months (and the 12 before, for the rate)"}
+        if 1 <= k <= 36:
+            y = years[(k - 1) // 12]
+            y[0] += n
+            y[1] += b
+    (n1, b1), _, (n3, b3) = years
+    rate = 0.0
+    note = "too little history for a growth rate: 0"
+    if n1 >= MIN_STUDIES_FOR_RATE and n3 >= MIN_STUDIES_FOR_RATE and b3 > 0:
+        rate = max(-0.5, min(MAX_YEARLY_RATE, (b1 / b3) ** 0.5 - 1))
+        note = "the rate from the 12 months two years before"
+    return {"bytes_per_month": b1 / 12, "yearly_rate": round(rate, 4),
+            "source": f"catalog: bytes received in the last 12 full months; {note}"}
 
 
 def reads_report(reads: Iterable[tuple[int, int, int]], held: Iterable[tuple[int, int, int, int]],

@@ -60,7 +60,7 @@ def stacked_area(title: str, x: Sequence[int], series: Mapping[str, Sequence[flo
     with matplotlib.rc_context(_RC):
         fig, ax = _figure(title, "stored")
         names = list(series)
-        ax.stackplot(list(x), *[list(series[n]) for n in names], labels=names,
+        ax.stackplot(list(x), *[[float(v) for v in series[n]] for n in names], labels=names,
                      colors=_COLOURS[:len(names)], alpha=0.85)
         ax.yaxis.set_major_formatter(FuncFormatter(_bytes))
         ax.set_xlabel(xlabel)
@@ -74,7 +74,7 @@ def lines(title: str, x: Sequence[int], series: Mapping[str, Sequence[float]], *
     with matplotlib.rc_context(_RC):
         fig, ax = _figure(title, ylabel)
         for i, (name, ys) in enumerate(series.items()):
-            ax.plot(list(x), list(ys), marker="o", markersize=3, label=name,
+            ax.plot(list(x), [float(v) for v in ys], marker="o", markersize=3, label=name,
                     color=_COLOURS[i % len(_COLOURS)])
         ax.yaxis.set_major_formatter(FuncFormatter(_money))
         ax.set_xlabel(xlabel)
@@ -86,7 +86,7 @@ def bars(title: str, labels: Sequence[str], values: Sequence[float], *, series: 
          percent: bool = False, as_bytes: bool = False) -> str:
     with matplotlib.rc_context(_RC):
         fig, ax = _figure(title, ylabel)
-        ax.bar(range(len(labels)), list(values), color=_COLOURS[2], label=series)
+        ax.bar(range(len(labels)), [float(v) for v in values], color=_COLOURS[2], label=series)
         ax.set_xticks(range(len(labels)), list(labels), rotation=30 if len(labels) > 8 else 0,
                       ha="right" if len(labels) > 8 else "center")
         if percent:
@@ -105,7 +105,7 @@ def grouped_bars(title: str, groups: Sequence[str], series: Mapping[str, Sequenc
         n = max(1, len(series))
         width = 0.8 / n
         for i, (name, ys) in enumerate(series.items()):
-            ax.bar([g + i * width - 0.4 + width / 2 for g in range(len(groups))], list(ys), width,
+            ax.bar([g + i * width - 0.4 + width / 2 for g in range(len(groups))], [float(v) for v in ys], width,
                    label=name, color=_COLOURS[i % len(_COLOURS)])
         ax.set_xticks(range(len(groups)), list(groups))
         if as_bytes:
