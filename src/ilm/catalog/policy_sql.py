@@ -30,9 +30,11 @@ How the SQL stays exact:
   age at the study, pediatric majority) compare (year * 12 + month, day)
   pairs, which is exact for month clamping (see :meth:`_Sql.after_shift`).
 - **Patient facts** (the last encounter, undated studies, the newest
-  mammogram) come from one GROUP BY over the patient's studies that are not
-  being purged, as :func:`ilm.policy.facts.patient_facts_from_studies`
-  defines them. A catalog where two patients share a patient key
+  mammogram) come from the patient's studies that are not being purged, as
+  :func:`ilm.policy.facts.patient_facts_from_studies` defines them: whether
+  the patient has an undated study by one join per study (the patients who
+  have one are listed once), the newest date and the later mammograms by
+  correlated subqueries asked only of the studies old enough to need them. A catalog where two patients share a patient key
   (``ISSUER:ID``) is planned by the pure path.
 - **Text** is compared in SQL only when it is printable ASCII and, for the
   backslash-joined multi-valued columns, has no blank next to a separator;
@@ -53,6 +55,7 @@ How the SQL stays exact:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -89,7 +92,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
 from ilm.catalog.plans import _MULTI as _MULTI_TIER  # the same "held on several tiers" as the plan's cost
-from ilm.catalog.plans import study_tier_bytes
+from ilm.catalog.plans import _multi_tier_bytes, study_tier_bytes
 from ilm.catalog.locks import study_locks
 from ilm.catalog.retention import list_holds, patient_key
 from ilm.catalog.schema import holds, instances, locations, patients, plan_actions, plans, studies
@@ -123,13 +126,14 @@ from ilm.policy.rules import Action, Policy
 __all__ = [
     "NotCompilable", "CompiledPolicy", "SqlPlan", "ALREADY", "compile_policy", "plan_in_sql", "count_in_sql",
     "threshold", "no_rule_decision", "decision_of_code", "fingerprint_sql", "consistent_read", "discarded",
-    "catalog_state", "insert_actions", "finish_plan", "action_keys",
-    "plan_decision_rows",
+    "catalog_state", "catalog_state_and_tier_bytes", "insert_actions", "finish_plan", "action_keys",
+    "plan_decision_rows", "PureChunk", "evaluate_chunk", "same_snapshot",
 ]
 
 Bool = ColumnElement[Any]
 _SEP = "\\"
 _FETCH = 5000  # ids per IN (...) when loading facts for the pure evaluation
+_PURE_CHUNK = 30_000  # studies whose facts are held at once for the pure evaluation
 ALREADY = 100_000  # code offset: a transition rule matched a study already on its tier
 
 
@@ -365,6 +369,12 @@ class _Tri:
     parts: tuple["_Tri", ...] = ()
 
 
+# The patients with a study without a usable StudyDate (not being purged): their last encounter is unknown.
+_undated = studies.alias("undated")
+_UNDATED = (select(_undated.c.patient_pk).where(_undated.c.study_date.is_(None), _undated.c.state != "purging")
+            .distinct().subquery("undated_patients"))
+
+
 class _Compiler:
     def __init__(self, policy: Policy, as_of: date, dialect: str) -> None:
         self.policy = policy
@@ -372,6 +382,7 @@ class _Compiler:
         self.q = _Sql(dialect)
         self.functions: dict[str, Callable[[Any], Any]] = {}
         self.uses_patients = False
+        self.uses_undated = False
         self.s = studies.c
         self._thresholds: dict[Period, date] = {}
 
@@ -590,14 +601,12 @@ class _Compiler:
         """
         q, s = self.q, self.s
         t = self.T(period)
-        undated = studies.alias("undated")
-        undated_patients = select(undated.c.patient_pk).where(undated.c.study_date.is_(None),
-                                                             undated.c.state != "purging")
+        self.uses_undated = True  # looked up once per study, by a join (build), however many terms ask
         other = studies.alias("encounter")
         newest = (select(q.newest(other.c.study_date) < t)
                   .where(other.c.patient_pk == s.patient_pk, other.c.state != "purging")
                   .correlate(studies).scalar_subquery())
-        return case((s.patient_pk.in_(undated_patients), q.U), (s.study_date >= t, q.F), else_=q.leaf(newest))
+        return case((_UNDATED.c.patient_pk.is_not(None), q.U), (s.study_date >= t, q.F), else_=q.leaf(newest))
 
     def mqsa_over(self, years: int, longer: int) -> Any:
         """StudyDate + ``years`` (the patient has a later mammogram) or + ``longer`` (none) is over.
@@ -691,6 +700,8 @@ class _Compiler:
         src: Any = studies
         if self.uses_patients:
             src = src.join(patients, patients.c.id == studies.c.patient_pk)
+        if self.uses_undated:
+            src = src.outerjoin(_UNDATED, _UNDATED.c.patient_pk == studies.c.patient_pk)
         # Facts across a patient's studies are read by a retention term or a protection
         # (protections judge expiries only); holds are matched by patient key either way.
         patient_facts = any(r.action is Action.EXPIRE or _uses_patient_terms(r.conditions) for r in self.policy.rules)
@@ -983,37 +994,68 @@ class SqlPlan:
 
     def pure(self) -> Iterator[tuple[Decision, StudyFacts]]:
         """The pure evaluate() on the facts ilm.catalog.facts would load, for the studies the SQL left."""
-        ids = [int(i) for i in self.conn.execute(select(_codes.c.id).where(_codes.c.code < 0).order_by(_codes.c.id))
-               .scalars()]
-        self.pure_evaluated = len(ids)
-        policy, as_of = self.compiled.policy, self.compiled.as_of
-        for i in range(0, len(ids), _FETCH):
-            chunk = ids[i:i + _FETCH]
-            rows = list(self.conn.execute(
-                select(*_FACT_COLUMNS).join(patients, patients.c.id == studies.c.patient_pk)
-                .where(studies.c.id.in_(chunk)).order_by(studies.c.id)))
-            pats = self._patients(sorted({r.patient_pk for r in rows}))
-            locks = study_locks(self.conn, [r.study_uid for r in rows])
-            for r in rows:
-                facts = _study_facts(r, self.study_holds, locks)
-                yield evaluate(policy, facts, pats.get(facts.patient_key), as_of), facts
+        for chunk in self.pure_chunks():
+            yield from evaluate_chunk(self.compiled.policy, chunk, self.compiled.as_of)
 
-    def _patients(self, pks: list[int]) -> dict[str, PatientFacts]:
+    def pure_chunks(self, size: int = _PURE_CHUNK) -> Iterator[PureChunk]:
+        """The rows of the studies the SQL left and of their patients' studies, in study id order,
+        ``size`` studies at a time, each chunk read when the iterator is advanced (one statement, and
+        one per 5,000 patients)."""
+        c, s = _codes.c, studies.c
+        src = _codes.join(studies, s.id == c.id).join(patients, patients.c.id == s.patient_pk)
+        self.pure_evaluated, last = 0, 0
+        while True:
+            rows = list(self.conn.execute(
+                select(*_FACT_COLUMNS).select_from(src).where(c.code < 0, c.id > last).order_by(c.id).limit(size)))
+            if not rows:
+                return
+            last = int(rows[-1].id)
+            self.pure_evaluated += len(rows)
+            yield PureChunk(rows, self._patient_rows(sorted({r.patient_pk for r in rows})),
+                            study_locks(self.conn, [r.study_uid for r in rows]), self.study_holds, self.patient_holds)
+            if len(rows) < size:
+                return
+
+    def _patient_rows(self, pks: list[int]) -> list[Any]:
         s = studies.c
-        lite = []
+        out: list[Any] = []
         for i in range(0, len(pks), _FETCH):
-            q = (select(s.study_uid, s.study_date, s.modalities, s.sop_classes, s.body_parts,
-                        patients.c.patient_id, patients.c.issuer)
-                 .join(patients, patients.c.id == s.patient_pk)
-                 .where(s.patient_pk.in_(pks[i:i + _FETCH]), s.state != "purging"))
-            for r in self.conn.execute(q):
-                lite.append(StudyFacts(study_uid=r.study_uid, patient_key=patient_key(r.patient_id, r.issuer),
-                                       study_date=r.study_date, modalities=split_multi(r.modalities),
-                                       sop_classes=split_multi(r.sop_classes), body_parts=split_multi(r.body_parts)))
-        return patient_facts_from_studies(lite, self.patient_holds)
+            out.extend(self.conn.execute(
+                select(s.study_uid, s.study_date, s.modalities, s.sop_classes, s.body_parts,
+                       patients.c.patient_id, patients.c.issuer)
+                .join(patients, patients.c.id == s.patient_pk)
+                .where(s.patient_pk.in_(pks[i:i + _FETCH]), s.state != "purging")))
+        return out
 
     def close(self) -> None:
         self.conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
+
+
+@dataclass(frozen=True)
+class PureChunk:
+    """Studies the SQL left, as read from the catalog: their rows, the rows of their patients' studies
+    (those not being purged), the retain-until of their locked copies, and the holds."""
+
+    rows: list[Any]
+    patient_rows: list[Any]
+    locks: dict[str, datetime]
+    study_holds: dict[str, tuple[Hold, ...]]
+    patient_holds: dict[str, tuple[Hold, ...]]
+
+    def inputs(self) -> list[tuple[StudyFacts, PatientFacts | None]]:
+        """Each study's facts and its patient's, as ilm.catalog.facts builds them (no I/O)."""
+        lite = [StudyFacts(study_uid=r.study_uid, patient_key=patient_key(r.patient_id, r.issuer),
+                           study_date=r.study_date, modalities=split_multi(r.modalities),
+                           sop_classes=split_multi(r.sop_classes), body_parts=split_multi(r.body_parts))
+                for r in self.patient_rows]
+        pats = patient_facts_from_studies(lite, self.patient_holds)
+        facts = [_study_facts(r, self.study_holds, self.locks) for r in self.rows]
+        return [(f, pats.get(f.patient_key)) for f in facts]
+
+
+def evaluate_chunk(policy: Policy, chunk: PureChunk, as_of: date) -> list[tuple[Decision, StudyFacts]]:
+    """The pure evaluate() of each study of a chunk (no I/O: may run in another thread)."""
+    return [(evaluate(policy, f, p, as_of), f) for f, p in chunk.inputs()]
 
 
 def plan_in_sql(conn: Connection, policy: Policy, as_of: date) -> SqlPlan | None:
@@ -1077,6 +1119,35 @@ def consistent_read(conn: Connection) -> None:
 
 
 @contextmanager
+def same_snapshot(conn: Connection) -> Iterator[Connection | None]:
+    """A second connection that sees the catalog as ``conn`` does, for a read run beside it in a thread
+    (None for an SQLite database in memory, which has no second connection).
+
+    ``conn`` is a plan's writer, after :func:`consistent_read`. SQLite: it
+    holds the write lock since its BEGIN IMMEDIATE, so no commit can come
+    between its snapshot and the one the second connection takes (its own
+    uncommitted rows, the plan's, are not seen). PostgreSQL: the second
+    transaction imports the writer's exported snapshot.
+    """
+    if conn.dialect.name == "sqlite" and conn.engine.url.database in (None, "", ":memory:"):
+        yield None
+        return
+    snapshot = None
+    if conn.dialect.name == "postgresql":
+        snapshot = str(conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one())
+    with conn.engine.connect() as other:
+        if snapshot is not None:
+            other.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            if not re.fullmatch(r"[0-9A-Fa-f-]+", snapshot):
+                raise ValueError(f"unexpected snapshot id {snapshot!r}")
+            other.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # a utility statement: no parameters
+        try:
+            yield other
+        finally:
+            other.rollback()
+
+
+@contextmanager
 def discarded(conn: Connection) -> Iterator[None]:
     """Whatever is written inside is rolled back (a plan previewed, not stored)."""
     sp = conn.begin_nested()
@@ -1096,12 +1167,36 @@ def catalog_state(conn: Connection) -> dict[str, Any]:
     added, expired or restored, new instances, a read, a hold placed or
     released. ``apply`` re-checks every study's own fingerprint anyway.
     """
+    return catalog_state_and_tier_bytes(conn, ())[0]
+
+
+def catalog_state_and_tier_bytes(conn: Connection, tiers: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
+    """:func:`catalog_state` and :func:`ilm.catalog.plans.tier_bytes`, from one scan of the studies.
+
+    The bytes of the studies held on one of ``tiers`` (the configured tiers)
+    are summed in the same scan; the studies held on several tiers, or on a
+    tier not named, are summed as tier_bytes does, only if there are any.
+    """
     s = studies.c
+    single = and_(s.tiers != "", not_(_MULTI_TIER))
+    per_tier = [x for t in tiers for x in (func.count(case((s.tiers == t, 1))),
+                                           func.coalesce(func.sum(case((s.tiers == t, s.size_bytes))), 0))]
     row = conn.execute(
         select(func.count(), func.coalesce(func.sum(s.id), 0), func.coalesce(func.sum(s.size_bytes), 0),
-               func.coalesce(func.sum(s.instance_count), 0), func.max(s.updated_at), func.max(s.last_accessed_at))
+               func.coalesce(func.sum(s.instance_count), 0), func.max(s.updated_at), func.max(s.last_accessed_at),
+               func.count(case((_MULTI_TIER, 1))),
+               func.count(case((and_(single, s.tiers.not_in(tiers)) if tiers else single, 1))), *per_tier)
         .where(s.state == "active")
     ).one()
+    on_tier: dict[str, int] = {t: int(row[9 + 2 * i]) for i, t in enumerate(tiers) if row[8 + 2 * i]}
+    if row[7]:  # a tier not configured (any more)
+        q = (select(s.tiers, func.coalesce(func.sum(s.size_bytes), 0))
+             .where(s.state == "active", single, s.tiers.not_in(tiers)).group_by(s.tiers))
+        on_tier.update({str(t): int(b) for t, b in conn.execute(q)})
+    if row[6]:  # studies in the middle of a move: their verified copies
+        for per in _multi_tier_bytes(conn, (s.state == "active") & _MULTI_TIER).values():
+            for t, b in per.items():
+                on_tier[t] = on_tier.get(t, 0) + b
     top = int(conn.execute(select(func.coalesce(func.max(s.id), 0))).scalar_one())  # from the index, at once
     h = conn.execute(select(func.count(), func.count(holds.c.released_at), func.coalesce(func.max(holds.c.id), 0))).one()
 
@@ -1116,7 +1211,7 @@ def catalog_state(conn: Connection) -> dict[str, Any]:
         "studies": int(row[0]), "id_sum": int(row[1]), "bytes": int(row[2]), "instances": int(row[3]),
         "updated": iso(row[4]), "read": iso(row[5]), "max_id": top,
         "holds": int(h[0]), "holds_released": int(h[1]), "holds_max_id": int(h[2]),
-    }
+    }, on_tier
 
 
 # ---- a stored plan's totals ----------------------------------------------------------------

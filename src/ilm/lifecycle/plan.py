@@ -26,9 +26,12 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from heapq import merge
+from itertools import chain
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,10 +39,10 @@ from typing import Any
 from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes, tier_bytes
+from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes
 from ilm.catalog.policy_sql import (
-    NotCompilable, action_keys, catalog_state, consistent_read, decision_of_code, discarded, finish_plan,
-    insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql,
+    NotCompilable, action_keys, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
+    evaluate_chunk, finish_plan, insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql, same_snapshot,
 )
 from ilm.config import Settings
 from ilm.cost import TierPrice, monthly_storage_cost
@@ -183,6 +186,16 @@ def _plan_hash(source: PolicySource, catalog_hash: str, as_of: date,
     return h.hexdigest()
 
 
+_KEYS_IN_MEMORY = 300_000  # up to this many actions written by the SQL, their keys are held (about 40 MB)
+
+
+def _interned(batches: Iterable[Sequence[tuple[str, str, str | None, str | None]]]
+              ) -> list[tuple[str, str, str | None, str | None]]:
+    """The keys of a plan's actions as one list, each (decision, tier, rule) held once."""
+    same: dict[tuple[str, str | None, str | None], tuple[str, str | None, str | None]] = {}
+    return [(k[0], *same.setdefault((k[1], k[2], k[3]), (k[1], k[2], k[3]))) for batch in batches for k in batch]
+
+
 def _catalog_hash(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -219,8 +232,7 @@ def _plan_in_python(catalog: Catalog, settings: Settings, source: PolicySource, 
     by_uid: dict[str, StudyFacts] = {}
     with catalog.read() as conn:
         consistent_read(conn)
-        state = catalog_state(conn)
-        before = tier_bytes(conn)
+        state, before = catalog_state_and_tier_bytes(conn, list(settings.tiers))
         inputs = load_policy_inputs(conn)
         stream: Iterator[tuple[Decision, StudyFacts]] = zip(
             evaluate_all(source.policy, inputs.studies, inputs.patients, as_of), inputs.studies)
@@ -279,14 +291,27 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
     evaluated by the pure code and stored from Python. With cooling days
     configured, every study a rule decided is streamed through Python
     instead, so that :func:`~ilm.lifecycle.tiering.with_cooling` sees them.
+
+    Two things run in a second thread while the database works: the
+    catalog's aggregates (on a second connection that sees the same
+    snapshot) while the studies are decided, and the pure evaluation of the
+    first studies the SQL left while the SQL's actions are written and
+    summed (SQLite and psycopg leave Python's lock while a statement runs).
     """
-    with catalog.write() as conn:
+    with catalog.write() as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilm-plan") as pool:
         consistent_read(conn)
-        state = catalog_state(conn)
-        before = tier_bytes(conn)
         sql = plan_in_sql(conn, source.policy, as_of)
         if sql is None:
             return None
+        tiers = list(settings.tiers)
+        with same_snapshot(conn) as other:
+            scan = None if other is None else pool.submit(catalog_state_and_tier_bytes, other, tiers)
+            try:
+                sql.decide()
+            except NotCompilable:
+                return None
+            finally:
+                state, before = catalog_state_and_tier_bytes(conn, tiers) if scan is None else scan.result()
         total = state["studies"]
         catalog_hash = _catalog_hash(state)
         plan = PlanRow(
@@ -294,18 +319,24 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
             policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
             plan_sha256="", state="planned", approved_by=None, summary={},
         )
-        try:
-            sql.decide()
-        except NotCompilable:
-            return None
         with nullcontext() if store else discarded(conn):
             insert_plan(conn, plan, [])
             written = not cooling_enabled(settings)
+            sql_keys: list[tuple[str, str, str | None, str | None]] | None = None
             if written:
-                sql.write_actions(plan.id)
-                stream = sql.pure()
+                rest = sql.pure_chunks()
+                chunk = next(rest, None)
+                first = pool.submit(evaluate_chunk, source.policy, chunk, as_of) if chunk is not None else None
+                written_by_sql = sql.write_actions(plan.id)
+                sums, moved = sql.totals()
+                if written_by_sql <= _KEYS_IN_MEMORY:  # read while the thread evaluates, merged in below
+                    sql_keys = _interned(action_keys(conn, plan.id))
+                stream: Iterator[tuple[Decision, StudyFacts]] = chain(
+                    first.result() if first is not None else (),
+                    (x for c in rest for x in evaluate_chunk(source.policy, c, as_of)))
             else:
                 stream = with_cooling(sql.stream(), conn, settings, as_of)
+                sums, moved = {}, []
             known: list[Decision] = []
             actions: list[dict[str, Any]] = []
             vetoed: dict[str, int] = defaultdict(int)
@@ -322,7 +353,6 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
             if progress:
                 progress(total)
             # Totals: the SQL's own actions summed by the database, the others here.
-            sums, moved = sql.totals() if written else ({}, [])
             acting = [a for a in actions if a["decision"] != "keep"]
             for a in acting:
                 row = sums.setdefault((a["decision"], a["rule_id"] or "", a["target_tier"] or ""), [0, 0, 0])
@@ -342,7 +372,12 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 elif decision == "expire":
                     after[tier] -= b
             summary = _summary(per_rule, vetoed, unknown, before, dict(after), tier_prices(settings), total)
-            plan_hash = _plan_hash(source, catalog_hash, as_of, action_keys(conn, plan.id))
+            if sql_keys is None:
+                keys: Iterable[Sequence[tuple[str, str, str | None, str | None]]] = action_keys(conn, plan.id)
+            else:  # the SQL's actions were read in UID order; the others are merged in
+                ours = sorted((a["study_uid"], a["decision"], a["target_tier"], a["rule_id"]) for a in actions)
+                keys = [list(merge(sql_keys, ours))]
+            plan_hash = _plan_hash(source, catalog_hash, as_of, keys)
             plan = replace(plan, plan_sha256=plan_hash, summary=summary)
             finish_plan(conn, plan.id, summary, plan_hash)
             decisions = PlanDecisions(catalog, source.policy, plan.id, known, sql.kept_by_rule(), state["max_id"],
