@@ -243,6 +243,29 @@ def test_a_changed_byte_on_s3_is_an_integrity_failure(s3_server: SeaweedFS, ring
 
 
 @pytest.mark.s3
+def test_verify_after_put_on_s3_uses_the_server_checksum(s3_server: SeaweedFS, ring: KeyRing,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stat a move makes right after its put is answered from the SHA-256 the
+    server recorded for the ciphertext just written: no download. A later stat,
+    or one after the object changed, decrypts the whole object."""
+    bucket = s3_server.make_bucket()
+    tier = EncryptedTier(_s3(s3_server, bucket), ring)
+    data = os.urandom(100_000)
+    stored = tier.put(KEY, data)
+    real_get = tier.inner.get
+    monkeypatch.setattr(tier.inner, "get", lambda key: pytest.fail("stat downloaded the object"))
+    assert tier.stat(KEY) == stored
+    monkeypatch.setattr(tier.inner, "get", real_get)
+    assert tier.stat(KEY) == stored  # decrypted this time
+    tier.delete(KEY)
+    tier.put(KEY, data)
+    raw = s3_server.client().get_object(Bucket=bucket, Key=KEY)["Body"].read()
+    s3_server.client().put_object(Bucket=bucket, Key=KEY, Body=_flip(raw, 5000))
+    with pytest.raises(DecryptionFailed):
+        tier.stat(KEY)
+
+
+@pytest.mark.s3
 def test_s3_server_side_encryption_aes256_on_seaweedfs(s3_server: SeaweedFS) -> None:
     """SeaweedFS implements SSE-S3: the object is stored encrypted and HEAD says so."""
     bucket = s3_server.make_bucket()

@@ -10,7 +10,11 @@ plaintext (the catalog's SHA-256, which fixity, moves and de-duplication
 compare whatever tier a copy is on). ``stat`` therefore reads and decrypts the
 object: every tag is checked and the plaintext hashed, so a verify after a
 move or a fixity check proves the stored bytes decrypt to the catalogued
-image. A changed byte is reported as DecryptionFailed (an IntegrityError) and
+image. One shortcut: for an object this process wrote a moment ago, the
+inner tier's own checksum of what it holds (S3: the SHA-256 the server
+recorded, no download) is compared with the ciphertext written; when they are
+equal the object is the one encrypted from the verified plaintext, and is not
+read back. Any difference falls back to the full read. A changed byte is reported as DecryptionFailed (an IntegrityError) and
 nothing of the object is returned.
 
 ``get_range`` reads the header and only the segments that hold the range, and
@@ -20,6 +24,8 @@ the pack.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -30,6 +36,8 @@ from ilm.storage import envelope
 from ilm.storage.base import Tier, check_key, check_range, sha256_hex
 
 __all__ = ["EncryptedTier", "Replaceable"]
+
+_WRITTEN_MAX = 4096  # recent puts remembered for a stat without a read-back
 
 
 class Replaceable(Tier, Protocol):
@@ -46,6 +54,9 @@ class EncryptedTier:
         self.name = inner.name
         self.ring = ring
         self.pack_studies = bool(getattr(inner, "pack_studies", False))
+        # key -> (ciphertext SHA-256, plaintext facts) of recent puts, for stat (bounded)
+        self._written: OrderedDict[str, tuple[str, StoredObject]] = OrderedDict()
+        self._written_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EncryptedTier({self.inner!r}, key ring {str(self.ring.path)!r})"
@@ -67,8 +78,13 @@ class EncryptedTier:
         if sha256 is not None and actual != sha256:
             raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
         master = self.ring.active()
-        self.inner.put(key, envelope.seal(data, master.id, master.material))
-        return StoredObject(key=key, size=len(data), sha256=actual)
+        held = self.inner.put(key, envelope.seal(data, master.id, master.material))
+        stored = StoredObject(key=key, size=len(data), sha256=actual)
+        with self._written_lock:
+            self._written[key] = (held.sha256, stored)
+            while len(self._written) > _WRITTEN_MAX:
+                self._written.popitem(last=False)
+        return stored
 
     def get(self, key: str) -> bytes:
         return envelope.open_blob(self.inner.get(key), self.ring.material, self._where(key))
@@ -109,13 +125,20 @@ class EncryptedTier:
         return plain[skip:skip + length]
 
     def delete(self, key: str) -> None:
+        with self._written_lock:
+            self._written.pop(key, None)
         self.inner.delete(key)
 
     def exists(self, key: str) -> bool:
         return self.inner.exists(key)
 
     def stat(self, key: str) -> StoredObject:
-        """Size and SHA-256 of the plaintext, by reading and decrypting the whole object."""
+        """Size and SHA-256 of the plaintext, by reading and decrypting the whole object
+        (or, for an object just written here, by the inner tier's checksum of it)."""
+        with self._written_lock:
+            written = self._written.pop(key, None)
+        if written is not None and self.inner.stat(key).sha256 == written[0]:
+            return written[1]
         data = self.get(key)
         return StoredObject(key=key, size=len(data), sha256=sha256_hex(data))
 
