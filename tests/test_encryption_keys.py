@@ -253,3 +253,24 @@ def _safe_named(service: ArchiveService, name: str) -> EncryptedTier:
     t = service.tier(name)
     assert isinstance(t, EncryptedTier)
     return t
+
+
+def test_rotation_leaves_a_worm_tier_alone_and_says_so(tmp_path: Path, catalog_url: str,
+                                                       pydicom_test_files: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, catalog_url, '[tiers.safe]\nkind = "filesystem"\npath = "tiers/safe"\nfsync = false\n'
+                 'encryption = "envelope"\nworm = "compliance"\nretain_days = 30\n\n[ingest]\ntier = "safe"\n')
+    KeyRing(home / "keyring.toml").add("k1")
+    svc = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        sent = _ingest(svc, pydicom_test_files)
+        before = _stored(svc)
+        svc.keys_new(key_id="k2")
+        report = svc.keys_rotate()
+        assert report.rewrapped == 0 and len(report.failed) == 1 and "worm = 'compliance'" in report.failed[0]
+        assert _stored(svc) == before  # not a byte changed
+        _read_all(svc, sent)
+        with pytest.raises(KeyInUse, match="still wraps 4 objects"):
+            svc.keys_retire("k1")
+    finally:
+        svc.close()

@@ -187,6 +187,12 @@ def rotate(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier], *
         total = sum(object_count(conn, n) for n in names)
     done = 0
     for name in names:
+        worm = settings.tiers[name].worm
+        if worm != "off":  # immutable copies cannot get a new header
+            report.failed.append(f"tier {name!r}: worm = {worm!r}: its objects cannot be rewritten, so their data "
+                                 "keys stay wrapped by the keys they have (keep those keys until the copies' "
+                                 "retention ends; docs/security.md)")
+            continue
         enc = _encrypted(tiers, name)
         target = enc.ring.active()
         report.to[name] = target.id
