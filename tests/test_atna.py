@@ -292,6 +292,8 @@ def test_wado_read_is_instances_transferred(service: ArchiveService, receiver: S
         assert r.status_code == 200
         q = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies?PatientID=PAT-A", timeout=60)
         assert q.status_code == 200
+        meta = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies/{STUDY_A}/metadata", timeout=60)
+        assert meta.status_code == 200
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -302,6 +304,9 @@ def test_wado_read_is_instances_transferred(service: ArchiveService, receiver: S
     assert roles["127.0.0.1"] == ["110152"] and roles["ilm"] == ["110153"]  # the reader receives, ilm sends
     sop = rec.xml.find("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
     assert sop is not None and sop.get("NumberOfInstances") == "2"
+    (accessed,) = wait_for(lambda: _of(receiver, "110103"), what="the metadata read")  # attributes, not instances
+    assert accessed.xml.find("EventIdentification").get("EventActionCode") == "R"  # type: ignore[union-attr]
+    assert _study_ids(accessed.xml) == [STUDY_A] and _patient_ids(accessed.xml) == ["PAT-A"]
     (query,) = wait_for(lambda: _of(receiver, "110112"), what="the QIDO-RS query message")
     text = query.xml.find("ParticipantObjectIdentification/ParticipantObjectQuery").text  # type: ignore[union-attr]
     assert base64.b64decode(text or "") == b"/dicomweb/studies?PatientID=PAT-A"

@@ -57,7 +57,7 @@ def _now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Retrieval:
-    """A study read by a requester (C-GET, C-MOVE, WADO-RS, export); its patient is looked up later."""
+    """A study read by a requester (C-GET, C-MOVE, WADO-RS, its metadata, export); its patient is looked up later."""
 
     at: datetime
     study_uid: str
@@ -301,6 +301,8 @@ class AuditEmitter:
                             alternative_user_id="" if ip or not r.who else f"AETITLES={r.who}")
         if r.interface == "export":
             return m.instances_exported(r.at, self.archive, who, study)
+        if r.interface == "wado-rs-metadata":  # attributes read, no instance sent
+            return m.instances_accessed(r.at, who, study, action="R", what=r.interface)
         return m.instances_transferred(r.at, self.archive, who, study, interface=r.interface)
 
     def _deliver(self, events: list[m.AuditEvent]) -> None:

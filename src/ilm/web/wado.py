@@ -316,10 +316,13 @@ async def _metadata_response(request: Request, study: str, series: str | None = 
     if not _json_accepted(request.headers.get("accept")):
         return _error(406, f"metadata is sent as {DICOM_JSON}")
     base = str(request.base_url).rstrip("/") + "/dicomweb"
+    service = _service(request)
     try:
-        body = await run_in_threadpool(_metadata, _service(request), study, series, sop, base)
+        body = await run_in_threadpool(_metadata, service, study, series, sop, base)
     except _Unavailable as exc:
         return exc.response
+    # Patient data was read: audited (Instances Accessed), though not an access that steers tiering.
+    service.atna.retrieved(study, "wado-rs-metadata", _client(request), len(body))
     return DicomJSONResponse(body)
 
 
