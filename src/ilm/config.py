@@ -478,6 +478,8 @@ min_storage_days = 90
 # min_storage_days = 30
 # worm = "compliance"             # immutable copies: S3 Object Lock, created with the bucket
 # retain_days = 3650              #   each copy locked 10 years from its write (docs/security.md)
+# encryption = "envelope"         # AES-256-GCM by ilm, master keys in keyring.toml: run 'ilm keys new'
+# sse = "AES256"                  # and/or server-side encryption by the store (docs/security.md)
 """
 
 
