@@ -275,6 +275,17 @@ def test_findscu_query_is_audited_with_the_identifier(
     # the import of the same test was audited too, by the login running it
     (imp,) = wait_for(lambda: _of(receiver, "110107"), what="the import message")
     assert _study_ids(imp.xml) == [STUDY_A]
+    # a query that cannot run is audited as a minor failure, with the reason
+    subprocess.run(["findscu", "-aet", "VIEWER", "-aec", AET, "-S", "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", "StudyDate=2020*", "127.0.0.1", str(scp.port)], capture_output=True, text=True, timeout=120)
+
+    def failures() -> list[Syslog5424]:
+        return [x for x in _of(receiver, "110112")
+                if x.xml.findtext("EventIdentification/EventOutcomeDescription") is not None]
+
+    failed = wait_for(failures, what="the failed query")
+    assert failed[0].xml.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+    assert "StudyDate" in (failed[0].xml.findtext("EventIdentification/EventOutcomeDescription") or "")
 
 
 def test_wado_read_is_instances_transferred(service: ArchiveService, receiver: SyslogReceiver,

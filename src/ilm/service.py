@@ -60,7 +60,7 @@ from ilm.lifecycle.promote import Promoter
 from ilm.lifecycle.tiering import TIERING_POLICY, tiering_settings
 from ilm.policy import Decision, evaluate, parse_policy
 from ilm.catalog.find import find as find_entities, query_attributes
-from ilm.errors import CatalogError
+from ilm.errors import CatalogError, InvalidQuery
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
@@ -821,7 +821,13 @@ class ArchiveService:
             with self.catalog.read() as conn:
                 rows = find_entities(conn, level, filters, fields=fields, limit=limit, offset=offset,
                                      archive_tiers=archive)
+        except InvalidQuery as exc:
+            if audit is not None:
+                self.atna.queried(audit, failure=str(exc))
+            raise
         except SQLAlchemyError as exc:
+            if audit is not None:
+                self.atna.queried(audit, failure="catalog unavailable")
             raise CatalogError(f"catalog unavailable: {exc.__class__.__name__}") from exc
         if audit is not None:
             self.atna.queried(audit)

@@ -231,12 +231,14 @@ class AuditEmitter:
     def retrieved(self, study_uid: str, interface: str, who: str, instances: int) -> None:
         self.submit(Retrieval(_now(), study_uid, interface, who, instances))
 
-    def queried(self, q: m.QueryAudit) -> None:
+    def queried(self, q: m.QueryAudit, *, failure: str = "") -> None:
+        """A query (C-FIND, QIDO-RS) that ran, or failed for ``failure`` (outcome 4: minor failure)."""
         if not self.enabled:
             return
         who = m.Participant(q.requestor or "unknown", address=q.address,
                             alternative_user_id=f"AETITLES={q.requestor}" if q.ae_title else "")
-        self.submit(m.query(_now(), self.archive, who, m.QueryObject(q.sop_class_uid, q.query, q.transfer_syntax)))
+        self.submit(m.query(_now(), self.archive, who, m.QueryObject(q.sop_class_uid, q.query, q.transfer_syntax),
+                            failure=failure))
 
     # -- the sender thread -----------------------------------------------------------
 

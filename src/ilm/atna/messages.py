@@ -199,10 +199,12 @@ def study_deleted(at: datetime, actor: Participant, study: StudyObject, *, phase
                       details=(("ilm-phase", phase),))
 
 
-def query(at: datetime, archive: Participant, requestor: Participant, q: QueryObject) -> AuditEvent:
-    """A.5.3.10 Query (action E): the requestor is the source, the archive the destination."""
+def query(at: datetime, archive: Participant, requestor: Participant, q: QueryObject, *,
+          failure: str = "") -> AuditEvent:
+    """A.5.3.10 Query (action E): the requestor is the source, the archive the destination.
+    ``failure``: why it could not run (outcome 4)."""
     return AuditEvent(QUERY, "E", at, (_role(requestor, ROLE_SOURCE, True), _role(archive, ROLE_DESTINATION, False)),
-                      query=q)
+                      outcome=4 if failure else 0, outcome_description=failure, query=q)
 
 
 def _role(p: Participant, role: Code | None, requestor: bool) -> Participant:
