@@ -8,6 +8,8 @@ Routes:
     POST /api/restores, GET /api/restores restores from archive tiers (ilm.web.restore)
     GET  /dicomweb/studies/{study}[/series/{series}[/instances/{sop}]][/metadata]  WADO-RS (ilm.web.wado)
     GET  /dicomweb/studies, /series, /instances (and under a study or series)  QIDO-RS (ilm.web.qido)
+    /api/...                              the REST API: one router per area in ilm.web.api_* (docs/api.md)
+    GET  /metrics, /health/ready          Prometheus metrics, readiness (ilm.web.api_ops)
 
 Access control (ilm.web.auth, docs/security.md): EVERY route declares the
 role it needs, with a dependency on the route or on its router:
