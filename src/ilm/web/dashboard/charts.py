@@ -11,6 +11,7 @@ import io
 import threading
 from typing import Any, Sequence
 
+__all__ = ["cost", "growth", "plan", "scenario_rows", "tiers"]
 _lock = threading.Lock()  # pyplot's state is global: one chart at a time
 
 

@@ -35,6 +35,8 @@ from ilm.web.dashboard.session import (
     visitor,
 )
 
+__all__ = ["router", "static_dir"]
+
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(files("ilm.web.dashboard").joinpath("templates")))
 
