@@ -15,14 +15,14 @@ from ilm.cli.policy import _as_of
 __all__ = ["stats"]
 
 
-def _table(title: str, first: str, rows: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> Table:
+def _table(title: str, first: str, rows: list[dict[str, Any]]) -> Table:
     t = Table(title=title, title_justify="left")
     t.add_column(first)
-    for name in ("Studies", *[e.capitalize() for e in extra], "Instances", "Size", "Share"):
+    for name in ("Studies", "Instances", "Size", "Share"):
         t.add_column(name, justify="right")
     for r in rows:
-        t.add_row(str(r["key"]), f"{r['studies']:,}", *[f"{r[e]:,}" for e in extra], f"{r['instances']:,}",
-                  human_bytes(r["bytes"]), f"{r['share']:.1%}")
+        t.add_row(str(r["key"]), f"{r['studies']:,}", f"{r['instances']:,}", human_bytes(r["bytes"]),
+                  f"{r['share']:.1%}")
     return t
 
 
@@ -44,8 +44,7 @@ def stats(
     t = s["totals"]
     console.print(f"[bold]{t['studies']:,} studies[/] of {t['patients']:,} patients, {t['instances']:,} instances, "
                   f"{human_bytes(t['bytes'])} (as of {s['as_of']})", highlight=False)
-    console.print(_table("By modality (bytes of its series; studies containing it)", "Modality", s["by_modality"],
-                         ("series",)))
+    console.print(_table("By modalities in study", "Modalities", s["by_modality"]))
     console.print(_table("By study year", "Year", s["by_year"]))
     console.print(_table("By tier", "Tier", s["by_tier"]))
     console.print(_table("By study size", "Size", s["by_size"]))
