@@ -38,8 +38,14 @@ def postgres() -> Iterator[servers.Postgres]:
 
 @pytest.fixture(params=CATALOGS)
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    yield from fresh_catalog(request.param, tmp_path, request)
+
+
+def fresh_catalog(kind: str, folder: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a new, empty catalog: a SQLite file in ``folder``, or a new database on the
+    session's PostgreSQL server (dropped afterwards). For fixtures of any scope."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'catalog.sqlite'}"
         return
     pg: servers.Postgres = request.getfixturevalue("postgres")
     name = "t_" + uuid.uuid4().hex[:12]

@@ -14,7 +14,6 @@ the handlers; tests/test_auth.py covers the tokens and roles of every route.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -22,13 +21,11 @@ from pathlib import Path
 import pydicom
 import pytest
 import schemathesis
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.core.failures import FailureGroup
 
-from conftest import CATALOGS, write_config
-from support import servers
+from conftest import CATALOGS, fresh_catalog, write_config
 
 from ilm.config import load_settings
 from ilm.service import ArchiveService
@@ -46,28 +43,11 @@ rules:
 """
 
 
-def _catalog(kind: str, folder: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / 'catalog.sqlite'}"
-        return
-    pg: servers.Postgres = request.getfixturevalue("postgres")
-    name = "s_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(pg.url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield pg.url(name)
-    finally:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-
-
 @pytest.fixture(scope="module", params=CATALOGS)
 def seeded_service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArchiveService]:
     """One archive per catalog for the whole module: three studies, a plan, a hold."""
     home = tmp_path_factory.mktemp(f"api-schema-{request.param}")
-    for url in _catalog(request.param, home, request):
+    for url in fresh_catalog(request.param, home, request):
         write_config(home / "home", url)
         service = ArchiveService.open(load_settings(home=home / "home", env={}))
         try:

@@ -16,6 +16,8 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import write_config
+from test_auth import STOW_TYPE, token
+from test_auth import stow_body as one_part
 
 from ilm.config import Settings, load_settings
 from ilm.service import ArchiveService
@@ -41,9 +43,6 @@ rules:
     action: {transition: vault}
 """
 
-STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=b0'
-
-
 @pytest.fixture
 def settings(home: Path, catalog_url: str) -> Settings:
     write_config(home, catalog_url, extra=VAULT)
@@ -57,14 +56,8 @@ def client(service: ArchiveService) -> Iterator[TestClient]:
         yield c
 
 
-def token(service: ArchiveService, role: str) -> dict[str, str]:
-    _, secret = service.token_create(f"t-{role}", role, expires=None, by="test")
-    return {"Authorization": f"Bearer {secret}"}
-
-
 def stow_body(*paths: Path) -> bytes:
-    parts = b"".join(b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + p.read_bytes() + b"\r\n" for p in paths)
-    return parts + b"--b0--\r\n"
+    return b"".join(one_part(p)[: -len(b"--b0--\r\n")] for p in paths) + b"--b0--\r\n"
 
 
 def scrape(client: TestClient, headers: dict[str, str]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
