@@ -41,7 +41,7 @@ __all__ = ["ArchiveMetrics", "CatalogSnapshot", "PromotionCounts", "interface_of
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # No ``*_created`` series: a scrape is read by rate()/increase(), which need none (process-wide switch).
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 # Plans of a few studies take milliseconds, of a million studies minutes.
 _RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0)
