@@ -797,11 +797,16 @@ class ArchiveService:
         if not path:
             raise IlmError("no lifecycle.schedule_policy in the configuration")
         source = self.read_policy(self.settings.resolve(path))
-        result = make_plan(self.catalog, self.settings, source, as_of=today or date.today(), created_by="ilm-scheduler")
+        with self.metrics.policy_run("plan"):
+            result = make_plan(self.catalog, self.settings, source, as_of=today or date.today(),
+                               created_by="ilm-scheduler")
         if not source.policy.may_auto_apply:
             return result.plan, None
         by = f"auto_apply ({source.policy.name})"
-        return result.plan, apply_plan(self.catalog, self.settings, self.tier, result.plan.id, source, approved_by=by)
+        with self.metrics.policy_run("apply"):
+            return result.plan, self._counted_moves(
+                lambda p: apply_plan(self.catalog, self.settings, self.tier, result.plan.id, source, approved_by=by,
+                                     progress=p), None)
 
     # -- query (C-FIND, QIDO-RS) ----------------------------------------------
 
