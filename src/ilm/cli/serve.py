@@ -102,6 +102,8 @@ def serve(
         try:
             console.print(f"DICOM   AE {scp.ae_title} on {scp.host}:{scp.port}{' over TLS' if dicom.tls_cert else ''} (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE, Storage Commitment)", highlight=False)
             console.print(f"DICOMweb {'https' if https else 'http'}://{http.host}:{http.port}/dicomweb (STOW-RS, QIDO-RS, WADO-RS); restores at /api/restores; health at /health", highlight=False)
+            console.print(f"REST API {'https' if https else 'http'}://{http.host}:{http.port}/api (described at /docs); "
+                          "metrics at /metrics; readiness at /health/ready", highlight=False)
             console.print(f"archive {service.settings.home}; stop with Ctrl-C or SIGTERM", highlight=False)
             if not stop.is_set():
                 config = uvicorn.Config(
