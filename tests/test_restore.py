@@ -323,19 +323,24 @@ def test_on_read_policy_starts_a_restore(home: Path, catalog_url: str, pydicom_t
         s.close()
 
 
-def test_prepare_read_waits_for_a_restore(home: Path, catalog_url: str, pydicom_test_files: Path, tmp_path: Path) -> None:
+def test_prepare_read_waits_for_a_restore(home: Path, catalog_url: str, pydicom_test_files: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Real clock: a read allowed to wait finishes a restore due within its wait
-    (no worker runs here); one due later fails at once."""
-    s = ArchiveService.open(_settings(home, catalog_url, latency=0.5))
+    (no worker runs here); one due later fails at once, without waiting."""
+    import ilm.service
+
+    slept: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(ilm.service.time, "sleep", lambda s: (slept.append(s), real_sleep(s))[1])
+    s = ArchiveService.open(_settings(home, catalog_url, latency=5))
     try:
         uid, blobs = _archived_study(s, pydicom_test_files / "CT_small.dcm", tmp_path, n=2)
         s.recall([uid], "t")
-        t0 = time.monotonic()
-        with pytest.raises(NotReady):
-            s.prepare_read(uid, wait_seconds=0.1)  # due in 0.5 s: no use waiting 0.1 s
-        assert time.monotonic() - t0 < 0.1
-        s.prepare_read(uid, wait_seconds=10)
-        assert time.monotonic() - t0 < 10
+        with pytest.raises(NotReady) as refused:
+            s.prepare_read(uid, wait_seconds=0.1)  # due in 5 s: no use waiting 0.1 s
+        assert slept == [] and refused.value.retry_after is not None
+        s.prepare_read(uid, wait_seconds=60)
+        assert slept and sum(slept) < 60  # it waited for the restore, and no longer than allowed
         assert _read_all(s, uid) == blobs
     finally:
         s.close()
@@ -419,7 +424,7 @@ def test_crash_during_restore_and_expiry_leaves_no_orphans(svc: ArchiveService, 
 
 
 _WORKER = """
-import sys, time
+import sys, threading, time
 from datetime import datetime, timedelta, timezone
 from ilm.config import load_settings
 from ilm.service import ArchiveService
@@ -429,12 +434,19 @@ service = ArchiveService.open(load_settings(home=Path(sys.argv[1]), env={}))
 service.clock = lambda: datetime.now(timezone.utc) + timedelta(seconds=5)
 hot = service.tier("hot")
 put = hot.put
+stop_after = int(sys.argv[2])  # copies written before every further put hangs (the test kills us then)
+lock, written = threading.Lock(), [0]
 
-def slow_put(key, data, sha256=None):
-    time.sleep(0.01)
+def hanging_put(key, data, sha256=None):
+    with lock:
+        n = written[0] = written[0] + 1
+    if n > stop_after:
+        if n == stop_after + 1:
+            print("stuck", flush=True)
+        time.sleep(3600)
     return put(key, data, sha256)
 
-hot.put = slow_put
+hot.put = hanging_put
 print("copying", flush=True)
 service.process_restores()
 print("done", flush=True)
@@ -445,7 +457,8 @@ print("done", flush=True)
 def test_sigkill_during_process_restores_leaves_no_orphans(home: Path, catalog_url: str, pydicom_test_files: Path,
                                                            tmp_path: Path) -> None:
     """A real process running the restore worker step is killed with SIGKILL
-    while it copies; a re-run catalogues everything the killed run wrote."""
+    while it copies (after a random number of copies); a re-run catalogues
+    everything the killed run wrote."""
     settings = _settings(home, catalog_url, latency=0.2)
     s = ArchiveService.open(settings)
     rng = random.Random(4)
@@ -454,11 +467,12 @@ def test_sigkill_during_process_restores_leaves_no_orphans(home: Path, catalog_u
         for round_ in range(5):
             uid, blobs = _archived_study(s, pydicom_test_files / "CT_small.dcm", tmp_path, n=80, study=10 + round_)
             s.recall([uid], "t")
-            proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(home)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.DEVNULL)
+            # killed after a random number of the 80 copies, whatever the machine's load
+            proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(home), str(rng.randint(1, 60))],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             assert proc.stdout is not None
             assert proc.stdout.readline().strip() == b"copying"
-            time.sleep(rng.uniform(0.05, 0.25))  # 80 puts of >= 10 ms on 4 workers: >= 0.2 s of copying
+            assert proc.stdout.readline().strip() == b"stuck"
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             on_hot = set(s.tier("hot").keys())
