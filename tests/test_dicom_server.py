@@ -105,6 +105,7 @@ def _stored(service: ArchiveService, ds: Dataset) -> bytes:
 def _scu_store(scp: DicomServer, *datasets: Dataset) -> list[Dataset]:
     """Send with pynetdicom's SCU over one association; the response status datasets."""
     ae = AE(ae_title="PYSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 300  # a loaded CI machine is slow, not broken
     ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title=AET)
     assert assoc.is_established
