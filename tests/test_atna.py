@@ -19,7 +19,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -29,10 +28,10 @@ import httpx
 import pydicom
 import pytest
 import trustme
-import uvicorn
 from typer.testing import CliRunner
 
 from conftest import write_config
+from support.http import serve
 from support.servers import free_port, wait_port
 from support.syslog_receiver import SyslogReceiver, Syslog5424, parse, read_frames, wait_for
 
@@ -291,23 +290,14 @@ def test_findscu_query_is_audited_with_the_identifier(
 def test_wado_read_is_instances_transferred(service: ArchiveService, receiver: SyslogReceiver,
                                             pydicom_test_files: Path, tmp_path: Path) -> None:
     service.import_paths(_files(pydicom_test_files, tmp_path / "in", {STUDY_A: ("PAT-A", 2)}))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service, auth=False), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        r = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies/{STUDY_A}", timeout=60,
+    with serve(create_app(service, auth=False)) as base:
+        r = httpx.get(f"{base}/dicomweb/studies/{STUDY_A}", timeout=60,
                       headers={"Accept": 'multipart/related; type="application/dicom"'})
         assert r.status_code == 200
-        q = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies?PatientID=PAT-A", timeout=60)
+        q = httpx.get(f"{base}/dicomweb/studies?PatientID=PAT-A", timeout=60)
         assert q.status_code == 200
-        meta = httpx.get(f"http://127.0.0.1:{port}/dicomweb/studies/{STUDY_A}/metadata", timeout=60)
+        meta = httpx.get(f"{base}/dicomweb/studies/{STUDY_A}/metadata", timeout=60)
         assert meta.status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
     (rec,) = wait_for(lambda: _of(receiver, "110104"), what="an instances-transferred message")
     assert rec.xml.find("EventIdentification").get("EventActionCode") == "R"  # type: ignore[union-attr]
     assert _study_ids(rec.xml) == [STUDY_A] and _patient_ids(rec.xml) == ["PAT-A"]
