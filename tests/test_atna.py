@@ -507,3 +507,39 @@ def test_purge_and_restore_from_the_trail(service: ArchiveService, receiver: Sys
     (restored,) = wait_for(lambda: _of(receiver, "110103"), what="the restore")
     assert restored.xml.find("EventIdentification").get("EventActionCode") == "U"  # type: ignore[union-attr]
     assert _study_ids(restored.xml) == [STUDY_B] and _patient_ids(restored.xml) == ["PAT-B"]
+
+
+def test_stow_rs_request_is_one_import_per_study(service: ArchiveService, receiver: SyslogReceiver,
+                                                 pydicom_test_files: Path, tmp_path: Path) -> None:
+    from dicomweb_client import DICOMwebClient
+
+    files = _files(pydicom_test_files, tmp_path / "in", {STUDY_A: ("PAT-A", 3), STUDY_B: ("PAT-B", 1)})
+    with serve(create_app(service, auth=False)) as base:
+        DICOMwebClient(f"{base}/dicomweb").store_instances([pydicom.dcmread(f) for f in files])
+    imports = wait_for(lambda: len(_of(receiver, "110107")) >= 2 and _of(receiver, "110107"), what="2 imports")
+    service.atna.flush()
+    assert len(_of(receiver, "110107")) == 2
+    counts = {}
+    for rec in imports:
+        sop = rec.xml.find("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
+        assert sop is not None
+        counts[_study_ids(rec.xml)[0]] = (_patient_ids(rec.xml), sop.get("NumberOfInstances"))
+        sender = [p for p in rec.xml.findall("ActiveParticipant") if _codes(p, "RoleIDCode") == ["110153"]]
+        assert [(p.get("UserID"), p.get("NetworkAccessPointTypeCode")) for p in sender] == [("127.0.0.1", "2")]
+    assert counts == {STUDY_A: (["PAT-A"], "3"), STUDY_B: (["PAT-B"], "1")}
+
+
+def test_an_import_batch_with_refused_instances_is_a_minor_failure() -> None:
+    from ilm.atna.imports import ImportBatch
+    from ilm.models import InstanceFacts
+
+    sent: list[m.AuditEvent] = []
+    batch = ImportBatch(sent.extend, m.Participant("ilm"), m.Participant("MOD", address="10.0.0.9"), clock=lambda: NOW)
+    with batch:
+        for i, ok in enumerate((True, True, False)):
+            batch.note(InstanceFacts(f"1.2.3.{i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.3.9", "1.2.3", "1.2.840.10008.1.2",
+                                     patient_id="P"), stored=ok)
+    batch.close()  # closing twice sends nothing more
+    (ev,) = sent
+    assert (ev.event_id.code, ev.outcome, ev.outcome_description) == ("110107", 4, "1 instance(s) of the study refused")
+    assert ev.studies[0].sop_classes == (("1.2.840.10008.5.1.4.1.1.2", 2),)
