@@ -463,3 +463,56 @@ def test_an_identical_resend_repairs_a_marked_copy(tmp_path: Path, catalog_url: 
         assert svc.ingest_path(tmp_path / "in-11-2.dcm").reason == "already stored, identical"
     finally:
         svc.close()
+
+
+def test_replica_tier_down_at_ingest_is_caught_up_by_verify(tmp_path: Path, catalog_url: str,
+                                                           pydicom_test_files: Path) -> None:
+    home = tmp_path / "home"
+    _config_with(home, catalog_url, replicas="mirror")
+    (home / "tiers").mkdir(parents=True)
+    (home / "tiers/mirror").write_text("not a folder: the replica tier cannot be opened")
+    svc = _open(home)
+    try:
+        sops = _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 12, n=2)  # stored all the same
+        assert all(set(_copies(svc, s)) == {"hot"} for s in sops)
+        down = svc.verify()
+        assert down.clean and down.replicated == 0 and len(down.replica_problems) == 2
+        (home / "tiers/mirror").unlink()
+        up = svc.verify()
+        assert up.replicated == 2 and not up.replica_problems
+        assert all(_copies(svc, s)["mirror"] == ("verified", True, None) for s in sops)
+        assert svc.verify().replicated == 0
+    finally:
+        svc.close()
+
+
+def test_archive_tiers_are_skipped_unless_named_and_an_unreachable_tier_marks_nothing(
+    tmp_path: Path, catalog_url: str, pydicom_test_files: Path
+) -> None:
+    from ilm.lifecycle.move import move_study
+
+    home = tmp_path / "home"
+    _config_with(home, catalog_url, replicas=None, extra='\n[tiers.tape]\nkind = "filesystem"\npath = "tiers/tape"\n'
+                                                         'archive = true\nfsync = false\n')
+    svc = _open(home)
+    try:
+        _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 13, n=2)
+        _ingest_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path, 14, n=2)
+        assert move_study(svc.catalog, svc.tier, _study(13), "tape").ok
+        assert move_study(svc.catalog, svc.tier, _study(14), "warm").ok
+        default = svc.verify()
+        assert (default.objects, default.skipped_archive, default.tiers) == (2, {"tape": 2}, ["hot", "warm", "mirror"])
+        named = svc.verify(tier="tape")
+        assert (named.objects, named.ok) == (2, 2)
+
+        (home / "tiers/warm").rename(home / "tiers/warm-away")  # the tier's folder is gone: unreachable
+        away = svc.verify(tier="warm")
+        assert (away.objects, away.unreadable, away.missing, away.remaining) == (2, 2, 0, 2)
+        assert all(p.state == "unreadable" and "not marked" in p.kept_because for p in away.problems)
+        with svc.catalog.read() as c:
+            assert c.execute(sa.text("SELECT count(*) FROM locations WHERE state <> 'verified'")).scalar_one() == 0
+    finally:
+        svc.close()
+    result = CliRunner().invoke(ilm_app, ["verify", "--home", str(home)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "skipped archive tier 'tape' (2 copies)" in result.output, result.output
+    assert "2 unreadable" in " ".join(result.output.split()), result.output

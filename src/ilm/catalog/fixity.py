@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, bindparam, false, func, or_, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import aliased
 
@@ -24,7 +25,7 @@ from ilm.catalog.schema import instances, locations, studies
 from ilm.models import CopyState
 
 __all__ = [
-    "CheckedCopy", "CopyToCheck", "RepairSource", "candidate_ids", "copies_by_ids", "record_checks", "mark_repaired",
+    "CheckedCopy", "CopyToCheck", "RepairSource", "candidate_ids", "candidate_totals", "candidate_page", "copies_by_ids", "record_checks", "mark_repaired",
     "repair_sources", "fixity_counts", "marked_copies", "missing_replicas", "add_replica", "ReplicaTodo",
 ]
 
@@ -67,21 +68,45 @@ def _last_checked() -> ColumnElement[Any]:
     return func.coalesce(locations.c.problem_at, locations.c.verified_at)
 
 
-def candidate_ids(conn: Connection, *, tiers: Sequence[str], study_uid: str | None = None,
-                  checked_before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
-    """(id, size) of the copies on ``tiers`` to check (good or marked; not ones being
-    written or deleted), those checked longest ago first (never checked: first)."""
-    last = _last_checked()
-    q = select(locations.c.id, locations.c.size_bytes).where(locations.c.tier.in_(list(tiers)), locations.c.state.in_(CHECKED_STATES))
+def _candidates(cols: Sequence[Any], tiers: Sequence[str], study_uid: str | None,
+                checked_before: datetime | None) -> Select[Any]:
+    """The copies on ``tiers`` to check: good or marked (not being written or deleted)."""
+    q = select(*cols).select_from(locations).where(locations.c.tier.in_(list(tiers)),
+                                                   locations.c.state.in_(CHECKED_STATES))
     if study_uid is not None:
         q = q.join(instances, instances.c.id == locations.c.instance_pk).join(
             studies, studies.c.id == instances.c.study_pk).where(studies.c.study_uid == study_uid)
     if checked_before is not None:
+        last = _last_checked()
         q = q.where(or_(last.is_(None), last < checked_before))
+    return q
+
+
+def candidate_ids(conn: Connection, *, tiers: Sequence[str], study_uid: str | None = None,
+                  checked_before: datetime | None = None, limit: int | None = None) -> list[tuple[int, int]]:
+    """(id, size) of the copies to check, those checked longest ago first (never checked: first)."""
+    last = _last_checked()
+    q = _candidates([locations.c.id, locations.c.size_bytes], tiers, study_uid, checked_before)
     q = q.order_by(last.asc().nulls_first(), locations.c.id)
     if limit is not None:
         q = q.limit(limit)
     return [(int(r[0]), int(r[1])) for r in conn.execute(q)]
+
+
+def candidate_totals(conn: Connection, *, tiers: Sequence[str], study_uid: str | None = None,
+                     checked_before: datetime | None = None) -> tuple[int, int]:
+    """How many copies there are to check, and their bytes."""
+    row = conn.execute(_candidates([func.count(), func.coalesce(func.sum(locations.c.size_bytes), 0)],
+                                   tiers, study_uid, checked_before)).one()
+    return int(row[0]), int(row[1])
+
+
+def candidate_page(conn: Connection, *, tiers: Sequence[str], study_uid: str | None = None,
+                   checked_before: datetime | None = None, after_id: int = 0, limit: int = 256) -> list[int]:
+    """The next ``limit`` copy ids above ``after_id`` (a full run pages through the
+    catalog by id, holding one page in memory whatever the archive's size)."""
+    q = _candidates([locations.c.id], tiers, study_uid, checked_before).where(locations.c.id > after_id)
+    return [int(r[0]) for r in conn.execute(q.order_by(locations.c.id).limit(limit))]
 
 
 def copies_by_ids(conn: Connection, ids: Sequence[int]) -> list[CopyToCheck]:

@@ -64,6 +64,7 @@ def verify(
         out = {k: getattr(report, k) for k in ("tiers", "candidates", "objects", "bytes", "ok", "bad", "missing",
                                                "unreadable", "repaired", "replicated", "skipped_archive", "problems")}
         out["remaining"] = report.remaining
+        out["replica_problems"] = report.replica_problems
         print_json(out)
     else:
         for name, n in report.skipped_archive.items():
@@ -81,6 +82,9 @@ def verify(
             f"{report.objects} copies{sampled}, {human_bytes(report.bytes)} on {', '.join(report.tiers) or 'no tier'}: "
             f"{report.ok} ok, {report.bad} bad, {report.missing} missing, {report.unreadable} unreadable, "
             f"{report.repaired} repaired, {report.replicated} replica copies written", highlight=False)
+        for text in report.replica_problems:
+            err_console.print(f"[yellow]warning:[/] {text} (the primary copy is safe; the next run retries)",
+                              highlight=False)
         if report.remaining:
             console.print(f"[bold red]{report.remaining} copies are still bad, missing or unreadable[/] "
                           "(see docs/operations.md, 'A bad copy')", highlight=False)

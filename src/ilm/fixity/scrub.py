@@ -122,7 +122,7 @@ class Scrubber:
                 log.info("scrub: %d copies checked (%.1f MB) since start, %d ok, %d bad, %d missing, %d repaired%s",
                          s.checked, s.bytes / 1e6, s.ok, s.bad, s.missing, s.repaired,
                          "; every copy checked within the interval" if s.idle_since else "")
-            if not r.objects:
+            if not r.objects or r.unreadable:  # nothing due, or a tier is down: look again later
                 self._stop.wait(IDLE_SECONDS)
 
     def start(self) -> bool:

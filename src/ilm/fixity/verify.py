@@ -36,8 +36,8 @@ from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.copies import InstanceCopy
 from ilm.catalog.fixity import (
-    CheckedCopy, CopyToCheck, candidate_ids, copies_by_ids, mark_repaired, marked_copies, record_checks,
-    repair_sources,
+    CheckedCopy, CopyToCheck, candidate_ids, candidate_page, candidate_totals, copies_by_ids, mark_repaired,
+    marked_copies, record_checks, repair_sources,
 )
 from ilm.config import Settings
 from ilm.errors import ConfigError, IlmError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
@@ -89,6 +89,7 @@ class VerifyReport:
     replicated: int = 0
     skipped_archive: dict[str, int] = field(default_factory=dict)
     problems: list[CopyProblem] = field(default_factory=list)
+    replica_problems: list[str] = field(default_factory=list)  # replicas that could not be written
 
     @property
     def remaining(self) -> int:
@@ -154,6 +155,17 @@ class _Run:
         self.workers = workers
         self.repair = repair
         self.online = [n for n, t in settings.tiers.items() if not t.archive]
+        self._empty: dict[str, bool] = {}  # tier -> holds no object at all (checked once per run)
+
+    def _holds_nothing(self, name: str) -> bool:
+        """A tier with copies in the catalog but no object at all is not a tier that
+        lost them all: more likely an unmounted volume or another bucket. Fail closed."""
+        if name not in self._empty:
+            try:
+                self._empty[name] = next(iter(self.tiers(name).keys()), None) is None
+            except (StorageError, IlmError):
+                self._empty[name] = True
+        return self._empty[name]
 
     def batch(self, ids: list[int], report: VerifyReport, progress: Callable[[int, int], None] | None,
               pool: ThreadPoolExecutor) -> None:
@@ -166,6 +178,9 @@ class _Run:
                 r = fut.result()
             except (StorageError, IlmError) as exc:  # the tier could not even be opened
                 r = CheckedCopy(c, UNREADABLE, str(exc))
+            if r.state == CopyState.MISSING.value and self._holds_nothing(c.tier):
+                r = CheckedCopy(c, UNREADABLE, f"tier {c.tier!r} holds no object at all (not mounted? another "
+                                               "bucket?): nothing is marked missing")
             checked.append(r)
             report.objects += 1
             report.bytes += c.size
@@ -302,21 +317,37 @@ def verify(
         if skipped:
             with catalog.read() as conn:
                 for n in skipped:
-                    report.skipped_archive[n] = len(candidate_ids(conn, tiers=[n], study_uid=study_uid))
-    with catalog.read() as conn:
-        ids = candidate_ids(conn, tiers=report.tiers, study_uid=study_uid, checked_before=checked_before, limit=limit)
-    report.candidates = len(ids)
-    ids = sample_ids(ids, sample_percent, seed)
-    if on_start:
-        on_start(len(ids), sum(size for _i, size in ids))
+                    report.skipped_archive[n] = candidate_totals(conn, tiers=[n], study_uid=study_uid)[0]
     run = _Run(catalog, settings, tiers, actor=actor, limiter=limiter or RateLimiter(settings.fixity.verify_mb_per_s),
                workers=workers or settings.fixity.workers, repair=repair)
+    where = dict(tiers=report.tiers, study_uid=study_uid, checked_before=checked_before)
     with ThreadPoolExecutor(max_workers=run.workers) as pool:
-        for i in range(0, len(ids), BATCH):
-            run.batch([x for x, _s in ids[i:i + BATCH]], report, progress, pool)
+        if sample_percent >= 100 and limit is None:  # every copy: page through by id
+            with catalog.read() as conn:
+                report.candidates, total = candidate_totals(conn, **where)  # type: ignore[arg-type]
+            if on_start:
+                on_start(report.candidates, total)
+            after = 0
+            while True:
+                with catalog.read() as conn:
+                    page = candidate_page(conn, after_id=after, limit=BATCH, **where)  # type: ignore[arg-type]
+                if not page:
+                    break
+                run.batch(page, report, progress, pool)
+                after = page[-1]
+        else:  # a sample, or the copies checked longest ago (the scrub)
+            with catalog.read() as conn:
+                ids = candidate_ids(conn, limit=limit, **where)  # type: ignore[arg-type]
+            report.candidates = len(ids)
+            ids = sample_ids(ids, sample_percent, seed)
+            if on_start:
+                on_start(len(ids), sum(size for _i, size in ids))
+            for i in range(0, len(ids), BATCH):
+                run.batch([x for x, _s in ids[i:i + BATCH]], report, progress, pool)
     if replicate:
         filled = Replicator(settings, catalog, tiers).fill(study_uid=study_uid, tiers=set(report.tiers))
         report.replicated = filled.written
+        report.replica_problems = filled.problems
         for p in filled.problems:
             log.warning("fixity: %s", p)
     return report
