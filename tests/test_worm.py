@@ -519,3 +519,39 @@ def test_an_object_on_a_worm_s3_tier_is_never_rewritten(
     listing = s3_server.client().list_object_versions(Bucket=bucket, Prefix=key)
     assert len(listing["Versions"]) == 1
     assert s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read() == before
+
+
+def test_a_move_from_a_worm_tier_into_a_packed_tier_keeps_the_locked_sources(
+        tmp_path: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    home = tmp_path / "home"
+    write_config(home, catalog_url, extra=f"""
+[tiers.vault]
+kind = "filesystem"
+path = "tiers/vault"
+fsync = false
+worm = "compliance"
+retain_days = {RETAIN}
+
+[tiers.cold]
+kind = "filesystem"
+path = "tiers/cold"
+fsync = false
+pack_studies = true
+
+[ingest]
+tier = "vault"
+""")
+    service = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        uid = _ingest(service, pydicom_test_files / "CT_small.dcm", tmp_path, 208)
+        r = move_study(service.catalog, service.tier, uid, "cold")
+        assert r.ok, r.failed
+        assert [(t, s) for t, s, *_ in _copies(service, uid)] == [("cold", "verified")] * 2 + [("vault", "retained")] * 2
+        vault = service.settings.resolve("tiers/vault")
+        assert all((vault / k).exists() for k in _keys(uid))
+        assert {r.tier for r in service.instances_to_read(uid)} == {"cold"}
+        _set_clock(service, datetime.now(timezone.utc) + timedelta(days=RETAIN + 1))
+        assert service.purge("t").released == 2
+        assert not any((vault / k).exists() for k in _keys(uid))
+    finally:
+        service.close()

@@ -55,7 +55,8 @@ from ilm.catalog.packs import (
     start_pack_moves,
     study_pack_copies,
 )
-from ilm.errors import IntegrityError, StorageError
+from ilm.catalog.locks import retain_sources
+from ilm.errors import IntegrityError, ObjectLocked, StorageError
 from ilm.lifecycle.limits import RateLimiter
 from ilm.models import CopyState
 from ilm.storage import ObjectExists, Tier
@@ -167,6 +168,7 @@ def _finish(catalog: Catalog, tiers: Callable[[str], Tier], move_ids: list[int],
     with catalog.read() as conn:
         sources = drop_sources(conn, move_ids)
     finished: list[tuple[int, int, str]] = []
+    kept: list[tuple[int, int, str]] = []  # a WORM source: kept as retained until its date (ilm.lifecycle.worm)
     gone: list[int] = []
     undone: list[int] = []
     packs: dict[tuple[str, str], list[int]] = defaultdict(list)
@@ -181,6 +183,8 @@ def _finish(catalog: Catalog, tiers: Callable[[str], Tier], move_ids: list[int],
             try:
                 tiers(s.tier).delete(s.key)
                 finished.append((s.move_id, s.instance_pk, s.tier))
+            except ObjectLocked:
+                kept.append((s.move_id, s.instance_pk, s.tier))
             except StorageError as exc:
                 problems.append(f"move {s.move_id}: cannot delete {s.tier}:{s.key}: {exc}")
     by_id = {s.move_id: s for s in sources}
@@ -195,9 +199,10 @@ def _finish(catalog: Catalog, tiers: Callable[[str], Tier], move_ids: list[int],
             problems.append(f"moves {ids[0]}..: cannot delete pack {tier}:{key}: {exc}")
     with catalog.write() as conn:
         finish_drops(conn, finished, _now())
+        retain_sources(conn, kept, _now())
         end_pack_moves(conn, gone, "done", _now())
         end_pack_moves(conn, undone, "rolled_back", _now())
-    return len(finished) + len(gone)
+    return len(finished) + len(kept) + len(gone)
 
 
 # -- moving ---------------------------------------------------------------------------
