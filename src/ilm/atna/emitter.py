@@ -121,12 +121,23 @@ class _Syslog:
 
     @staticmethod
     def _peer_closed(sock: socket.socket) -> bool:
-        """The receiver hung up (or sent something): a send would be lost, reconnect first."""
+        """The receiver hung up: a send would be lost, reconnect first. (A TLS 1.3 receiver
+        sends session tickets after the handshake: readable, yet no hang-up.)"""
         try:
             readable, _, _ = select.select([sock], [], [], 0)
         except (OSError, ValueError):
             return True
-        return bool(readable)
+        if not readable:
+            return False
+        sock.setblocking(False)
+        try:
+            return sock.recv(4096) == b""  # anything else a receiver says is ignored
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return False
+        except (OSError, ssl.SSLError):
+            return True
+        finally:
+            sock.settimeout(_CONNECT_TIMEOUT)
 
     def send(self, lines: list[bytes]) -> None:
         try:
