@@ -279,3 +279,21 @@ def test_tiering_and_watermarks(client: TestClient, service: ArchiveService, pyd
     assert client.get("/api/watermarks").json() == []  # no tier has a high_watermark
     assert client.get("/api/watermarks/preview").json() == []
     assert client.post("/api/watermarks/run", json={}).json() == []
+    assert client.get("/api/worm").json() == []  # no tier is WORM
+
+
+def test_worm_status_over_http(home: Path, catalog_url: str, pydicom_test_files: Path) -> None:
+    write_config(home, catalog_url, extra='[tiers.locked]\nkind = "filesystem"\npath = "tiers/locked"\nfsync = false\n'
+                                          'worm = "governance"\nretain_days = 30\n')
+    service = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        with TestClient(create_app(service, auth=False)) as client:
+            [ct] = _import(service, pydicom_test_files, "CT_small.dcm")
+            plan = client.post("/api/plans", json={"policy": TO_WARM.replace("warm}", "locked}")}).json()
+            assert _apply(client, service, plan["id"])["done"] == 1
+            [w] = client.get("/api/worm").json()
+            assert (w["tier"], w["worm"], w["retain_days"], w["locked"]) == ("locked", "governance", 30, 1)
+            assert w["locked_until"].endswith(("+00:00", "Z"))  # a timestamp with its offset
+            assert _tiers(client, ct) == {"locked"}
+    finally:
+        service.close()

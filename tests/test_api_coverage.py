@@ -52,6 +52,7 @@ ROUTES: dict[str, list[str]] = {
     "stats": ["GET /api/stats"],
     "cost": ["GET /api/cost"],
     "verify": ["POST /api/verify", "GET /api/fixity"],
+    "worm status": ["GET /api/worm"],
 }
 
 NO_ROUTE: dict[str, str] = {

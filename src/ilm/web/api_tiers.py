@@ -7,6 +7,7 @@
     GET  /api/tiering/preview?as_of=        the cooling moves a run would make (nothing stored)   viewer
     POST /api/tiering/plans                 {"as_of", "by"} -> 201: the cooling moves as a plan, to apply
                                             with POST /api/plans/{id}/apply                       operator
+    GET  /api/worm                          each WORM tier: mode, copies locked and until when   viewer
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 
-from ilm.web.api_common import ERRORS, ApiRoute, Row, actor, service_of
+from ilm.web.api_common import ERRORS, ApiRoute, Row, UtcDateTime, actor, service_of
 from ilm.web.api_plans import PlanOut
 from ilm.web.auth import require
 
@@ -134,3 +135,22 @@ def tiering_plan(request: Request, body: TieringPlan | None = None) -> Any:
     body = body or TieringPlan()
     result = service_of(request).tiering_plan(as_of=body.as_of or date.today(), by=actor(request, body.by))
     return PlanOut.model_validate(result.plan)
+
+
+class WormOut(Row):
+    tier: str
+    worm: str = Field(description="governance or compliance")
+    retain_days: int
+    locked: int = Field(description="Copies under a lock now.")
+    locked_bytes: int
+    locked_until: UtcDateTime | None = Field(description="The latest lock's end.")
+    retained: int = Field(description="Copies moves kept only until their lock ends.")
+    retained_bytes: int
+    next_release: UtcDateTime | None
+
+
+@router.get("/worm", response_model=list[WormOut], dependencies=[require("viewer")])
+def worm_status(request: Request) -> Any:
+    """Each immutable (WORM) tier: its mode, the copies locked now and until when, and the copies
+    moves kept only for their lock (dropped by the next apply or purge after their date)."""
+    return [WormOut.model_validate(w) for w in service_of(request).worm_status()]
