@@ -297,3 +297,31 @@ def test_worm_status_over_http(home: Path, catalog_url: str, pydicom_test_files:
             assert _tiers(client, ct) == {"locked"}
     finally:
         service.close()
+
+
+# -- analytics and fixity ---------------------------------------------------------------------
+
+
+def test_stats_cost_and_verify(client: TestClient, service: ArchiveService, pydicom_test_files: Path,
+                               tmp_path: Path) -> None:
+    ct, mr = _import(service, pydicom_test_files, "CT_small.dcm", "MR_small.dcm")
+    stats = client.get("/api/stats", params={"largest": 1}).json()
+    assert stats["totals"]["studies"] == 2 and len(stats["largest_studies"]) == 1
+    (service.settings.home / "site.yaml").write_text(TO_WARM)
+    cost = client.get("/api/cost", params={"years": 2, "policy_path": "site.yaml"}).json()
+    assert cost["years"] == 2 and len(cost["scenarios"]) == 3  # first tier only, as it is, the policy
+    outside = tmp_path / "elsewhere.yaml"
+    outside.write_text(TO_WARM)
+    r = client.get("/api/cost", params={"policy_path": str(outside)})
+    assert r.status_code == 400 and "outside ILM_HOME" in r.json()["detail"]
+
+    assert client.post("/api/verify", json={"study_uid": ct}).json()["clean"] is True
+    [key] = [k for k in service.tier("hot").keys() if k.startswith(ct)]
+    stored = service.settings.resolve("tiers/hot") / key
+    stored.write_bytes(b"X" + stored.read_bytes()[1:])  # one changed byte
+    report = client.post("/api/verify", json={"study_uid": ct, "by": "night-check"}).json()
+    assert (report["bad"], report["remaining"], report["clean"]) == (1, 1, False)
+    assert "never deleted" in report["problems"][0]["kept_because"]
+    assert client.get("/api/fixity").json()["bad"] == 1
+    assert client.post("/api/verify", json={"study_uid": mr}).json()["clean"] is True
+    assert client.post("/api/verify", json={"study_uid": "not-a-uid"}).status_code == 422
