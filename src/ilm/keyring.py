@@ -223,3 +223,10 @@ class KeyRing:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        # The rename must be durable before any object is wrapped by a new key:
+        # a crash must not bring back a ring without it.
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
