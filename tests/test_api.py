@@ -156,6 +156,14 @@ def test_plan_policy_path_must_be_inside_home_and_valid(client: TestClient, serv
     assert client.post("/api/plans", json={"policy": TO_WARM, "policy_path": "site.yaml"}).status_code == 422
     assert client.post("/api/plans", json={}).status_code == 422
     assert len(client.get("/api/plans").json()) == 1  # the refused requests planned nothing
+    r = client.post("/api/plans/upload", files={"policy": ("site.yaml", TO_WARM.encode())},
+                    data={"as_of": "2026-01-31", "created_by": "uploader"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["as_of"], r.json()["created_by"], r.json()["policy_name"]) == ("2026-01-31", "uploader", "to-warm")
+    r = client.post("/api/plans/upload", files={"policy": ("bad.yaml", b"\xff\xfe")})
+    assert r.status_code == 400 and "not UTF-8" in r.json()["detail"]
+    assert client.post("/api/plans/upload", files={"policy": ("x.yaml", b"rules: 3")}).status_code == 400
+    assert len(client.get("/api/plans").json()) == 2
     assert client.post("/api/policies/check", json={"policy": TO_WARM}).json()["ok"] is True
     bad = client.post("/api/policies/check", json={"policy": "rules: 3"}).json()
     assert bad["ok"] is False and bad["issues"]

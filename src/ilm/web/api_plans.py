@@ -3,6 +3,7 @@
 
     POST /api/policies/check              {"policy": YAML}: every error with line and field       viewer
     POST /api/plans                       {"policy_path" | "policy", "as_of", "created_by"} -> 201  operator
+    POST /api/plans/upload                the policy file as multipart/form-data (curl -F policy=@f) operator
     GET  /api/plans?limit=                stored plans, newest first                               viewer
     GET  /api/plans/{id}                  the plan, its per-rule and per-protection summary, progress  viewer
     GET  /api/plans/{id}/actions?state=&limit=&offset=   its decisions, a page at a time           viewer
@@ -23,9 +24,10 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from ilm.errors import NotFound
 from ilm.policy import Decision, check_policy
@@ -37,7 +39,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api", tags=["plans"], route_class=ApiRoute, responses=ERRORS)
 
-PolicyText = Field(default=None, max_length=1_000_000, description="The policy itself (YAML), instead of policy_path.")
+MAX_POLICY_BYTES = 1_000_000
+PolicyText = Field(default=None, max_length=MAX_POLICY_BYTES, description="The policy itself (YAML), instead of policy_path.")
 PolicyPath = Field(default=None, max_length=1024, description="A policy file inside ILM_HOME (relative to it, or absolute).")
 
 
@@ -201,6 +204,23 @@ def create_plan(body: PlanCreate, request: Request) -> Any:
     service = service_of(request)
     result = service.plan(body.resolve(service), as_of=body.as_of or date.today(), by=actor(request, body.created_by))
     return PlanOut.model_validate(result.plan)
+
+
+@router.post("/plans/upload", status_code=201, response_model=PlanOut, dependencies=[require("operator")])
+async def upload_plan(request: Request,
+                      policy: UploadFile = File(description="The policy file (YAML), e.g. curl -F policy=@site.yaml"),
+                      as_of: date | None = Form(default=None), created_by: str | None = Form(default=None, max_length=128),
+                      ) -> Any:
+    """Make a plan from a policy file sent as multipart/form-data (the same as POST /api/plans with ``policy``)."""
+    data = await policy.read(MAX_POLICY_BYTES + 1)
+    if len(data) > MAX_POLICY_BYTES:
+        raise ValueError(f"policy file {policy.filename!r} is over {MAX_POLICY_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"policy file {policy.filename!r} is not UTF-8 text") from None
+    body = PlanCreate(policy=text, as_of=as_of, created_by=created_by)
+    return await run_in_threadpool(create_plan, body, request)
 
 
 @router.get("/plans", response_model=list[PlanOut], dependencies=[require("viewer")])
