@@ -20,13 +20,14 @@ from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.orm import aliased
 
-from ilm.catalog.copies import refresh_study_tiers
+from ilm.catalog.copies import InstanceCopy, refresh_study_tiers
 from ilm.catalog.schema import instances, locations, studies
 from ilm.models import CopyState
 
 __all__ = [
-    "CheckedCopy", "CopyToCheck", "RepairSource", "candidate_ids", "candidate_totals", "candidate_page", "copies_by_ids", "record_checks", "mark_repaired",
-    "repair_sources", "fixity_counts", "marked_copies", "missing_replicas", "add_replica", "ReplicaTodo",
+    "CheckedCopy", "CopyToCheck", "RepairSource", "ReplicaTodo", "add_replica", "candidate_ids", "candidate_page",
+    "candidate_totals", "copies_by_ids", "fixity_counts", "mark_repaired", "marked_copies", "missing_replicas",
+    "record_checks", "repair_sources",
 ]
 
 CHECKED_STATES = (CopyState.VERIFIED.value, CopyState.BAD.value, CopyState.MISSING.value)
@@ -202,14 +203,9 @@ def fixity_counts(conn: Connection, *, tiers: Sequence[str], checked_before: dat
 
 @dataclass(frozen=True, slots=True)
 class ReplicaTodo:
-    """An instance whose copy on ``tier`` (a tier with replicas) lacks one on ``replica``."""
+    """A verified copy on a tier with replicas that lacks its copy on ``replica``."""
 
-    instance_pk: int
-    sop_uid: str
-    sha256: str
-    size: int
-    tier: str
-    key: str
+    copy: InstanceCopy
     replica: str
 
 
@@ -233,7 +229,8 @@ def missing_replicas(conn: Connection, wanted: Mapping[str, Sequence[str]], *, s
             )
             if study_uid is not None:
                 q = q.join(studies, studies.c.id == instances.c.study_pk).where(studies.c.study_uid == study_uid)
-            out += [ReplicaTodo(int(r[0]), r[1], r[2], int(r[3]), tier, r[4], replica) for r in conn.execute(q)]
+            out += [ReplicaTodo(InstanceCopy(int(r[0]), r[1], r[2], int(r[3]), tier, r[4], CopyState.VERIFIED.value),
+                                replica) for r in conn.execute(q)]
             if len(out) >= limit:
                 return out
     return out

@@ -52,18 +52,18 @@ class Replicator:
         self._tiers = tiers
         self.wanted = {n: list(t.replicas) for n, t in settings.tiers.items() if t.replicas}
 
-    def _copy(self, sop_uid: str, sha256: str, data: bytes, src_tier: str, key: str, replica: str) -> None:
-        c = InstanceCopy(0, sop_uid, sha256, len(data), src_tier, key, CopyState.VERIFIED.value)
-        put_verified(c, data, src_tier, self._tiers(replica))
+    def _copy(self, c: InstanceCopy, data: bytes, replica: str) -> None:
+        put_verified(c, data, c.tier, self._tiers(replica))
         with self._catalog.write() as conn:
-            add_replica(conn, sop_uid, replica, key, len(data), sha256, _now())
+            add_replica(conn, c.sop_uid, replica, c.key, c.size, c.sha256, _now())
 
     def on_stored(self, tier: str, key: str, data: bytes, sha256: str, sop_uid: str) -> None:
         """After ingest catalogued a new instance on ``tier``: write its replicas.
         A failure is logged and left for ``fill``; the ingest itself succeeded."""
         for replica in self.wanted.get(tier, ()):
             try:
-                self._copy(sop_uid, sha256, data, tier, key, replica)
+                c = InstanceCopy(0, sop_uid, sha256, len(data), tier, key, CopyState.VERIFIED.value)
+                self._copy(c, data, replica)
             except (StorageError, IlmError) as exc:
                 log.warning("replica of %s on tier %r not written yet (ilm verify or the scrub writes it): %s",
                             sop_uid, replica, exc)
@@ -79,20 +79,21 @@ class Replicator:
         while wanted:
             with self._catalog.read() as conn:
                 todo = [t for t in missing_replicas(conn, wanted, study_uid=study_uid, limit=batch + len(failed))
-                        if (t.instance_pk, t.replica) not in failed]
+                        if (t.copy.instance_pk, t.replica) not in failed]
             if not todo:
                 break
             for t in todo:
+                c = t.copy
                 try:
-                    data = self._tiers(t.tier).get(t.key)
-                    if hashlib.sha256(data).hexdigest() != t.sha256:
-                        raise IlmError(f"tier {t.tier!r}: {t.key} does not match its catalog SHA-256 "
+                    data = self._tiers(c.tier).get(c.key)
+                    if hashlib.sha256(data).hexdigest() != c.sha256:
+                        raise IlmError(f"tier {c.tier!r}: {c.key} does not match its catalog SHA-256 "
                                        "(ilm verify marks and repairs it)")
-                    self._copy(t.sop_uid, t.sha256, data, t.tier, t.key, t.replica)
+                    self._copy(c, data, t.replica)
                     report.written += 1
                 except (StorageError, IlmError) as exc:
-                    failed.add((t.instance_pk, t.replica))
-                    report.problems.append(f"replica of {t.sop_uid} on {t.replica!r}: {exc}")
+                    failed.add((c.instance_pk, t.replica))
+                    report.problems.append(f"replica of {c.sop_uid} on {t.replica!r}: {exc}")
         if report.written:
             log.info("replicas: wrote %d missing replica copies", report.written)
         return report
