@@ -111,15 +111,15 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
     first, ingest = order[0], settings.ingest_tier
     now = _midnight(today)
     with catalog.read() as conn:
-        groups = q.study_groups(conn, today=today, age_bounds_months=AGE_BUCKETS, never_read_days=())
+        months = q.received_by_month(conn, _midnight(date(today.year - 3, 1, 1)))
+        held = q.held_by_age(conn, today, AGE_BUCKETS)
         on_tiers = tier_bytes(conn)
+        studies_total = sum(n for _k, n, _i, _b in held)
         reads = q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
         uids = q.sample_study_uids(conn, opts.sample)
-        fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365))
+        fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365),
+                                    candidates=opts.templates * 40)
         inputs = load_policy_inputs(conn, list(dict.fromkeys(uids + fresh)))
-    m = shaping.marginals(groups)
-    months = [(k, n, b) for k, n, _i, b in m.rows("month")]
-    held = m.rows("age")
     growth, growth_info = _growth(months, today, opts)
     window = READ_WINDOW_DAYS / (365.25 / 12)
     by_bucket = {k: i for k, _n, i in reads}
@@ -183,6 +183,6 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
         "growth": growth_info,
         "reads": {"window_days": READ_WINDOW_DAYS, "ages": shaping.age_labels(),
                   "monthly_read_rate": [round(r, 6) for r in profile.rates]},
-        "sample": {"studies": len(sample), "of": m.studies, "templates": len(recent), "scale": round(scale, 4)},
+        "sample": {"studies": len(sample), "of": studies_total, "templates": len(recent), "scale": round(scale, 4)},
         "scenarios": shaping.comparison(projections),
     }

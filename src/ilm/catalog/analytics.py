@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from ilm.catalog.schema import access_log, studies
 
 __all__ = [
-    "StudyGroup", "study_groups", "reads_by_age", "patients_by_study_count", "largest_studies",
+    "StudyGroup", "study_groups", "received_by_month", "held_by_age", "reads_by_age", "patients_by_study_count", "largest_studies",
     "sample_study_uids", "SIZE_BUCKETS", "DAYS_PER_MONTH",
 ]
 
@@ -115,6 +115,37 @@ def study_groups(conn: Connection, *, today: date, age_bounds_months: Sequence[i
                        tuple(int(r[10 + 2 * i]) for i in range(k))) for r in conn.execute(q)]
 
 
+def received_by_month(conn: Connection, since: datetime) -> list[tuple[str, int, int]]:
+    """Active studies received since ``since``, per month received (YYYY-MM): studies, bytes."""
+    pg = conn.dialect.name == "postgresql"
+    month = (func.to_char(studies.c.received_at, "YYYY-MM") if pg else func.substr(studies.c.received_at, 1, 7)
+             ).label("m")
+    rows = conn.execute(select(month, func.count(), func.coalesce(func.sum(studies.c.size_bytes), 0))
+                        .where(_ACTIVE, studies.c.received_at >= since).group_by(month))
+    return [(str(m), int(n), int(b)) for m, n, b in rows]
+
+
+def held_by_age(conn: Connection, today: date, bounds_months: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Active studies per age bucket today: (bucket, studies, instances, bytes), from one pass
+    of conditional sums (no grouping: nothing to sort)."""
+    age = (_day_of(conn, today) - _study_day(conn)).label("age")
+    rows = select(age, studies.c.instance_count, studies.c.size_bytes).where(_ACTIVE).subquery()
+    cols: list[Any] = [func.count(), func.coalesce(func.sum(rows.c.instance_count), 0),
+                       func.coalesce(func.sum(rows.c.size_bytes), 0)]
+    for m in bounds_months:
+        young = rows.c.age < m * DAYS_PER_MONTH
+        cols += [func.coalesce(func.sum(case((young, 1), else_=0)), 0),
+                 func.coalesce(func.sum(case((young, rows.c.instance_count), else_=0)), 0),
+                 func.coalesce(func.sum(case((young, rows.c.size_bytes), else_=0)), 0)]
+    r = [int(v) for v in conn.execute(select(*cols)).one()]
+    cumulative = [r[3 + 3 * i:6 + 3 * i] for i in range(len(bounds_months))] + [r[0:3]]
+    out, prev = [], [0, 0, 0]
+    for k, cur in enumerate(cumulative):
+        out.append((k, cur[0] - prev[0], cur[1] - prev[1], cur[2] - prev[2]))
+        prev = cur
+    return out
+
+
 def reads_by_age(conn: Connection, since: datetime, bounds_months: Sequence[int]) -> list[tuple[int, int, int]]:
     """Reads logged since ``since``, per study age at the read: bucket, reads, instances read."""
     age = _day(conn, access_log.c.at) - _study_day(conn)
@@ -142,16 +173,24 @@ def largest_studies(conn: Connection, limit: int) -> list[dict[str, Any]]:
                  instances=int(r.instance_count), size_bytes=int(r.size_bytes), tiers=r.tiers) for r in rows]
 
 
-def sample_study_uids(conn: Connection, limit: int, *, received_since: datetime | None = None) -> list[str]:
-    """About ``limit`` active studies on a tier, spread evenly over the catalog (every k-th by id)."""
+def sample_study_uids(conn: Connection, limit: int, *, received_since: datetime | None = None,
+                      candidates: int | None = None) -> list[str]:
+    """Up to ``limit`` active studies on a tier, spread evenly over the catalog: the studies
+    whose row id is one of ``candidates`` (default ``limit``) ids evenly spaced up to the largest,
+    looked up by primary key (no scan); with ``received_since``, only those received since."""
+    top = conn.execute(select(func.max(studies.c.id))).scalar()
+    if not top or limit <= 0:
+        return []
+    n = max(limit, candidates or limit)
+    step = max(1.0, top / n)
+    ids = sorted({min(top, int(1 + i * step)) for i in range(n)})
     where = and_(_ACTIVE, studies.c.tiers != "")
     if received_since is not None:
         where = and_(where, studies.c.received_at >= received_since)
-    n = conn.execute(select(func.count()).where(where)).scalar_one()
-    if n == 0 or limit <= 0:
-        return []
-    step = max(1, -(-int(n) // limit))
-    q = select(studies.c.study_uid).where(where)
-    if step > 1:
-        q = q.where(studies.c.id % step == 0)
-    return [u for (u,) in conn.execute(q.order_by(studies.c.id).limit(limit))]
+    out: list[str] = []
+    for i in range(0, len(ids), 5000):
+        q = select(studies.c.study_uid).where(where, studies.c.id.in_(ids[i:i + 5000])).order_by(studies.c.id)
+        out.extend(u for (u,) in conn.execute(q))
+        if len(out) >= limit:
+            break
+    return out[:limit]
