@@ -182,11 +182,16 @@ def sample_study_uids(conn: Connection, limit: int, *, received_since: datetime 
     if not top or limit <= 0:
         return []
     n = max(limit, candidates or limit)
-    step = max(1.0, top / n)
-    ids = sorted({min(top, int(1 + i * step)) for i in range(n)})
     where = and_(_ACTIVE, studies.c.tiers != "")
     if received_since is not None:
         where = and_(where, studies.c.received_at >= received_since)
+    if top <= 2 * n:  # a small catalog: all its studies, if they are no more than the limit
+        every = [u for (u,) in conn.execute(select(studies.c.study_uid).where(where).order_by(studies.c.id)
+                                            .limit(limit + 1))]
+        if len(every) <= limit:
+            return every
+    step = max(1.0, top / n)
+    ids = sorted({min(top, int(1 + i * step)) for i in range(n)})
     out: list[str] = []
     for i in range(0, len(ids), 5000):
         q = select(studies.c.study_uid).where(where, studies.c.id.in_(ids[i:i + 5000])).order_by(studies.c.id)
