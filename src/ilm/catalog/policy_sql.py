@@ -949,6 +949,7 @@ class SqlPlan:
                     func.coalesce(func.sum(s.size_bytes), 0))
              .select_from(src).where(code.in_(list(acting))).group_by(code, several, s.tiers))
         many: list[tuple[str, int]] = []
+        any_multi = False
         for c, multi, tiers, n, ic, b in self.conn.execute(q):
             rule = acting[int(c)]
             key = (rule.action.value, rule.id, rule.tier or "")
@@ -958,9 +959,11 @@ class SqlPlan:
             row[2] += int(b)
             if tiers and not multi:
                 moved.append((str(tiers), rule.action.value, rule.tier, int(b)))
-        for uid, c in self.conn.execute(select(s.study_uid, code).select_from(src)
-                                        .where(code.in_(list(acting)), _MULTI_TIER)):
-            many.append((uid, int(c)))
+            any_multi = any_multi or bool(multi)
+        if any_multi:  # studies in the middle of a move: their verified copies, one by one
+            for uid, c in self.conn.execute(select(s.study_uid, code).select_from(src)
+                                            .where(code.in_(list(acting)), _MULTI_TIER)):
+                many.append((uid, int(c)))
         per = study_tier_bytes(self.conn, [uid for uid, _ in many])
         for uid, c in many:
             rule = acting[c]
