@@ -516,3 +516,21 @@ def test_archive_tiers_are_skipped_unless_named_and_an_unreachable_tier_marks_no
     result = CliRunner().invoke(ilm_app, ["verify", "--home", str(home)], env={"COLUMNS": "200"})
     assert result.exit_code == 1 and "skipped archive tier 'tape' (2 copies)" in result.output, result.output
     assert "2 unreadable" in " ".join(result.output.split()), result.output
+
+
+def test_the_scrub_rests_an_unreachable_tier_and_scrubs_the_others(mirrored: ArchiveService, pydicom_test_files: Path,
+                                                                   tmp_path: Path) -> None:
+    _ingest_study(mirrored, pydicom_test_files / "CT_small.dcm", tmp_path, 15, n=2)
+    with mirrored.catalog.write() as c:
+        c.execute(sa.text("UPDATE locations SET verified_at = :t"), {"t": datetime.now(timezone.utc) - timedelta(days=40)})
+        c.execute(sa.text("UPDATE locations SET verified_at = :t WHERE tier = 'mirror'"),
+                  {"t": datetime.now(timezone.utc) - timedelta(days=50)})  # the oldest: checked first
+    home = mirrored.settings.home
+    (home / "tiers/mirror").rename(home / "tiers/mirror-away")
+    scrub = Scrubber(mirrored.catalog, mirrored.settings, mirrored.tier)
+    first = scrub.step()
+    assert (first.objects, first.unreadable) == (4, 2)  # mirror's 2 unreadable, hot's 2 ok
+    second = scrub.step()
+    assert second.objects == 0  # hot is done; mirror rests instead of being read again at once
+    with mirrored.catalog.read() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM locations WHERE state <> 'verified'")).scalar_one() == 0

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta, timezone
 from ilm.catalog import Catalog
 from ilm.config import Settings
 from ilm.errors import IlmError
-from ilm.fixity.verify import VerifyReport, verify
+from ilm.fixity.verify import UNREADABLE, VerifyReport, verify
 from ilm.lifecycle.limits import RateLimiter
 from ilm.storage import Tier
 
@@ -30,6 +30,7 @@ log = logging.getLogger("ilm.fixity")
 BATCH = 128                 # copies per step
 IDLE_SECONDS = 60.0         # nothing due: look again after this long
 STATUS_EVERY_SECONDS = 60.0
+REST_SECONDS = 600.0        # a tier found unreachable is left out this long
 
 
 def _now() -> datetime:
@@ -71,6 +72,7 @@ class Scrubber:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._progress = ScrubProgress(mb_per_s=f.scrub_mb_per_s, interval_days=f.scrub_interval_days)
+        self._resting: dict[str, float] = {}  # tier -> monotonic time until which it is left out (unreachable)
 
     @property
     def enabled(self) -> bool:
@@ -83,8 +85,13 @@ class Scrubber:
     def step(self) -> VerifyReport:
         """Check the next batch of copies due; an empty report when none is due."""
         due = self._clock() - timedelta(days=self._settings.fixity.scrub_interval_days)
-        r = verify(self._catalog, self._settings, self._tiers, checked_before=due, limit=BATCH,
+        now = time.monotonic()
+        among = [n for n in self._settings.tiers if self._resting.get(n, 0.0) <= now]
+        r = verify(self._catalog, self._settings, self._tiers, among=among, checked_before=due, limit=BATCH,
                    limiter=self._limiter, replicate=False, actor="ilm-scrub")
+        for problem in r.problems:  # an unreachable tier rests, so that the others are still scrubbed
+            if problem.state == UNREADABLE:
+                self._resting[problem.tier] = now + REST_SECONDS
         with self._lock:
             p = self._progress
             self._progress = replace(
@@ -122,7 +129,7 @@ class Scrubber:
                 log.info("scrub: %d copies checked (%.1f MB) since start, %d ok, %d bad, %d missing, %d repaired%s",
                          s.checked, s.bytes / 1e6, s.ok, s.bad, s.missing, s.repaired,
                          "; every copy checked within the interval" if s.idle_since else "")
-            if not r.objects or r.unreadable:  # nothing due, or a tier is down: look again later
+            if not r.objects:  # nothing due: look again later
                 self._stop.wait(IDLE_SECONDS)
 
     def start(self) -> bool:

@@ -281,6 +281,7 @@ def verify(
     tiers: Callable[[str], Tier],
     *,
     tier: str | None = None,
+    among: Sequence[str] | None = None,
     study_uid: str | None = None,
     sample_percent: float = 100.0,
     seed: int | None = None,
@@ -313,6 +314,8 @@ def verify(
         report.tiers = [tier]
     else:
         report.tiers = [n for n, t in settings.tiers.items() if include_archive or not t.archive]
+        if among is not None:  # the scrub leaves out a tier it found unreachable, for a while
+            report.tiers = [n for n in report.tiers if n in among]
         skipped = [n for n in settings.tiers if n not in report.tiers]
         if skipped:
             with catalog.read() as conn:
