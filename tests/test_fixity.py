@@ -534,3 +534,19 @@ def test_the_scrub_rests_an_unreachable_tier_and_scrubs_the_others(mirrored: Arc
     assert second.objects == 0  # hot is done; mirror rests instead of being read again at once
     with mirrored.catalog.read() as c:
         assert c.execute(sa.text("SELECT count(*) FROM locations WHERE state <> 'verified'")).scalar_one() == 0
+
+
+def test_verify_status_counts_copies_by_state_without_reading(mirrored: ArchiveService, pydicom_test_files: Path,
+                                                               tmp_path: Path) -> None:
+    sops = _ingest_study(mirrored, pydicom_test_files / "CT_small.dcm", tmp_path, 16, n=2)
+    (mirrored.settings.home / "tiers/hot" / _key(16, sops[0])).unlink()
+    mirrored.verify(repair=False)
+    (mirrored.settings.home / "tiers/hot" / _key(16, sops[1])).unlink()  # not noticed: --status reads nothing
+    home = str(mirrored.settings.home)
+    result = CliRunner().invoke(ilm_app, ["verify", "--home", home, "--status", "--json"])
+    assert result.exit_code == 1, result.output  # a missing copy remains
+    import json
+
+    assert json.loads(result.output) == {"verified": 3, "bad": 0, "missing": 1, "due": 0, "scrub_interval_days": 30}
+    result = CliRunner().invoke(ilm_app, ["verify", "--home", home, "--status"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "3 verified, 0 bad, 1 missing" in result.output, result.output

@@ -31,6 +31,7 @@ def verify(
     include_archive: bool = typer.Option(False, "--include-archive", help="Also read archive tiers (may cost retrieval fees)."),
     mb_per_s: Optional[float] = typer.Option(None, "--mb-per-s", help="Read rate limit (default fixity.verify_mb_per_s; 0 = none)."),
     repair: bool = typer.Option(True, "--repair/--no-repair", help="Repair bad or missing copies from another verified copy."),
+    status: bool = typer.Option(False, "--status", help="Only show copies by fixity state and how many are due; read nothing."),
     home: Optional[Path] = HomeOption,
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -40,6 +41,9 @@ def verify(
     unreadable copies remain, 2 for a usage error."""
     if mb_per_s is not None and mb_per_s < 0:
         fail(f"--mb-per-s {mb_per_s:g}: must be 0 (no limit) or more", 2)
+    if status:
+        _status(home, json_out)
+        return
     with open_service(home) as service:
         with Progress(TextColumn("verifying"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                       TextColumn("{task.fields[copies]} copies"), TimeRemainingColumn(),
@@ -89,4 +93,19 @@ def verify(
             console.print(f"[bold red]{report.remaining} copies are still bad, missing or unreadable[/] "
                           "(see docs/operations.md, 'A bad copy')", highlight=False)
     if report.remaining:
+        raise typer.Exit(1)
+
+
+def _status(home: Optional[Path], json_out: bool) -> None:
+    """Copies on the online tiers by state and due for a check (fixity.scrub_interval_days)."""
+    with open_service(home) as service:
+        st = service.fixity_status()
+        days = service.settings.fixity.scrub_interval_days
+    if json_out:
+        print_json({"verified": st.verified, "bad": st.bad, "missing": st.missing, "due": st.due,
+                    "scrub_interval_days": days})
+    else:
+        console.print(f"{st.verified} verified, {st.bad} bad, {st.missing} missing copies on the online tiers; "
+                      f"{st.due} not checked in the last {days} days", highlight=False)
+    if st.bad or st.missing:
         raise typer.Exit(1)
