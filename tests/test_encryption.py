@@ -149,6 +149,29 @@ def test_get_range_reads_and_checks_only_the_segments_it_needs(tmp_path: Path, r
         tier.get_range(KEY, 10, 10)
 
 
+def test_ranged_reads_keep_working_across_a_rotation_elsewhere(tmp_path: Path, ring: KeyRing) -> None:
+    """A server reading ranges of a pack remembers its header (one request per read
+    instead of two); when another process rotates the pack to a new key and
+    retires the old one, the next read notices and reads the new header."""
+    inner = _CountingTier("safe", tmp_path / "tier", fsync=False)
+    calls: list[tuple[int, int]] = []
+    real = inner.get_range
+    inner.get_range = lambda k, o, n: calls.append((o, n)) or real(k, o, n)  # type: ignore[method-assign]
+    server = EncryptedTier(inner, ring)
+    data = os.urandom(300_000)
+    server.put(KEY, data)
+    assert server.get_range(KEY, 1000, 100) == data[1000:1100]
+    calls.clear()
+    assert server.get_range(KEY, 200_000, 100) == data[200_000:200_100]
+    assert len(calls) == 1  # the header was not read again
+    other_ring = KeyRing(ring.path, env={})  # 'ilm keys rotate' + 'retire' in another process
+    other = EncryptedTier(FilesystemTier("safe", tmp_path / "tier", fsync=False), other_ring)
+    other.rewrap(KEY, other_ring.add("k2"))
+    other_ring.retire("k1")
+    assert server.get_range(KEY, 250_000, 100) == data[250_000:250_100]
+    assert server.key_id(KEY) == "k2"
+
+
 def test_a_plain_object_on_an_encrypted_tier_is_refused(disk: EncryptedTier, tmp_path: Path) -> None:
     """Bytes put there behind ilm's back (or before encryption was switched on) are not served as if decrypted."""
     disk.inner.put(KEY, b"DICM plain bytes" * 10)

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from ilm.errors import DecryptionFailed, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
+from ilm.errors import DecryptionFailed, IlmError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
 from ilm.keyring import KeyRing, MasterKey
 from ilm.models import StoredObject
 from ilm.storage import envelope
@@ -37,7 +37,7 @@ from ilm.storage.base import Tier, check_key, check_range, sha256_hex
 
 __all__ = ["EncryptedTier", "Replaceable"]
 
-_WRITTEN_MAX = 4096  # recent puts remembered for a stat without a read-back
+_WRITTEN_MAX = 4096  # recent puts remembered for a stat without a read-back; recent headers for ranged reads
 
 
 class Replaceable(Tier, Protocol):
@@ -57,6 +57,7 @@ class EncryptedTier:
         # key -> (ciphertext SHA-256, plaintext facts) of recent puts, for stat (bounded)
         self._written: OrderedDict[str, tuple[str, StoredObject]] = OrderedDict()
         self._written_lock = threading.Lock()
+        self._headers: OrderedDict[str, envelope.Header] = OrderedDict()  # of recent ranged reads (bounded)
 
     def __repr__(self) -> str:
         return f"EncryptedTier({self.inner!r}, key ring {str(self.ring.path)!r})"
@@ -103,7 +104,28 @@ class EncryptedTier:
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         check_key(key)
         check_range(self.name, key, offset, length)
+        with self._written_lock:
+            cached = self._headers.get(key)
+        if cached is not None:
+            # The header of an object read a moment ago (the next instance of the same
+            # pack): one request instead of two. A header that has gone stale (the
+            # object rewritten by a rotation whose old key is retired, or replaced)
+            # fails to open the segments: read it again and retry once.
+            try:
+                return self._read_range(key, cached, offset, length)
+            except (ObjectNotFound, TierUnavailable):
+                raise
+            except IlmError:
+                pass
         header = self._header(key)
+        with self._written_lock:
+            self._headers[key] = header
+            self._headers.move_to_end(key)
+            while len(self._headers) > _WRITTEN_MAX:
+                self._headers.popitem(last=False)
+        return self._read_range(key, header, offset, length)
+
+    def _read_range(self, key: str, header: envelope.Header, offset: int, length: int) -> bytes:
         if offset + length > header.size or (length == 0 and offset > header.size):
             raise StorageError(f"tier {self.name!r}: range {offset}+{length} is beyond the end of {key} "
                                f"({header.size} bytes)")
@@ -127,6 +149,7 @@ class EncryptedTier:
     def delete(self, key: str) -> None:
         with self._written_lock:
             self._written.pop(key, None)
+            self._headers.pop(key, None)
         self.inner.delete(key)
 
     def exists(self, key: str) -> bool:
@@ -163,6 +186,8 @@ class EncryptedTier:
         if header.key_id == to.id:
             return header.key_id
         envelope.open_blob(blob, self.ring.material, where)  # every tag checked
+        with self._written_lock:
+            self._headers.pop(key, None)
         new_header = envelope.rewrap_header(header, self.ring.material, to.id, to.material, where)
         self.inner.replace(key, new_header + blob[envelope.HEADER_SIZE:])
         return header.key_id
