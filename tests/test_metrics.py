@@ -184,3 +184,18 @@ def test_roles_of_the_api_routes(client: TestClient, service: ArchiveService, py
     assert client.get("/metrics", headers=scraper).status_code == 401
     bad = client.post("/api/tokens", json={"name": "x y", "role": "viewer"}, headers=admin)
     assert bad.status_code == 400 and "token name" in bad.json()["detail"]
+
+
+def test_api_bodies_are_bounded_before_auth(client: TestClient, service: ArchiveService) -> None:
+    from ilm.web.body_limit import API_BODY_LIMIT
+
+    chunk = b" " * (1 << 20)
+    too_big = API_BODY_LIMIT // len(chunk) + 1
+    r = client.post("/api/plans", content=chunk * too_big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]  # no token needed to be refused
+    r = client.post("/api/plans", content=(chunk for _ in range(too_big)),  # streamed: no Content-Length
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/api/plans", content=b"{}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 401  # a small body goes on to the token check
+    assert client.get("/api/plans", headers=token(service, "viewer")).json() == []

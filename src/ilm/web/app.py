@@ -48,6 +48,7 @@ from starlette.requests import ClientDisconnect
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService
 from ilm.web.auth import require
+from ilm.web.body_limit import ApiBodyLimit
 from ilm.web import api_admin, api_analytics, api_audit, api_fixity, api_ops, api_plans, api_retention, api_studies, api_tiers
 from ilm.web.dashboard import install as install_dashboard
 from ilm.web.restore import router as restore_router
@@ -153,5 +154,6 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None,
     app.include_router(api_ops.router)
     app.include_router(api_analytics.router)
     app.include_router(api_fixity.router)
+    app.add_middleware(ApiBodyLimit)  # bodies under /api/ are bounded before auth reads them (ilm.web.body_limit)
     install_dashboard(app)  # the web dashboard at / (ilm.web.dashboard)
     return app
