@@ -550,3 +550,16 @@ def test_verify_status_counts_copies_by_state_without_reading(mirrored: ArchiveS
     assert json.loads(result.output) == {"verified": 3, "bad": 0, "missing": 1, "due": 0, "scrub_interval_days": 30}
     result = CliRunner().invoke(ilm_app, ["verify", "--home", home, "--status"], env={"COLUMNS": "200"})
     assert result.exit_code == 1 and "3 verified, 0 bad, 1 missing" in result.output, result.output
+
+
+def test_a_copy_put_back_by_hand_is_good_again_and_audited(mirrored: ArchiveService, pydicom_test_files: Path,
+                                                          tmp_path: Path) -> None:
+    sops = _ingest_study(mirrored, pydicom_test_files / "CT_small.dcm", tmp_path, 17, n=1)
+    f = mirrored.settings.home / "tiers/hot" / _key(17, sops[0])
+    _flip(f)
+    assert mirrored.verify(repair=False).bad == 1
+    _flip(f)  # the same byte flipped back: the original bytes
+    again = mirrored.verify(repair=False)
+    assert again.clean and again.ok == 2
+    assert _copies(mirrored, sops[0])["hot"] == ("verified", False, None)
+    assert [a for a in _audit_actions(mirrored) if a.startswith("fixity.")] == ["fixity.bad", "fixity.verified"]

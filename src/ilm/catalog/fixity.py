@@ -129,14 +129,17 @@ def copies_by_ids(conn: Connection, ids: Sequence[int]) -> list[CopyToCheck]:
 
 
 def record_checks(conn: Connection, checked: Iterable[CheckedCopy], now: datetime) -> list[CheckedCopy]:
-    """Write what the checks found; return the copies newly marked bad or missing
-    (a copy already marked keeps its state and gets the newest reason)."""
+    """Write what the checks found; return the copies whose state changed: newly
+    marked bad or missing, or marked before and good again (put back by hand).
+    A copy already marked keeps its state and gets the newest reason."""
     ok: list[int] = []
     marked: list[dict[str, object]] = []
     newly: list[CheckedCopy] = []
     for c in checked:
         if c.state == CopyState.VERIFIED.value:
             ok.append(c.copy.location_id)
+            if c.copy.state != CopyState.VERIFIED.value:
+                newly.append(c)
         else:
             marked.append({"lid": c.copy.location_id, "st": c.state, "why": c.problem[:2000], "at": now})
             if c.copy.state == CopyState.VERIFIED.value:

@@ -171,7 +171,8 @@ class _Run:
               pool: ThreadPoolExecutor) -> None:
         with self.catalog.read() as conn:
             copies = copies_by_ids(conn, ids)
-        futures = [pool.submit(_check, c, self.tiers(c.tier), self.limiter) for c in copies]
+        futures = [pool.submit(lambda c=c: _check(c, self.tiers(c.tier), self.limiter))  # type: ignore[misc]
+                   for c in copies]
         checked: list[CheckedCopy] = []
         for c, fut in zip(copies, futures):
             try:
@@ -189,10 +190,10 @@ class _Run:
         now = _now()
         with self.catalog.write() as conn:
             newly = record_checks(conn, [r for r in checked if r.state != UNREADABLE], now)
-            for r in newly:
+            for r in newly:  # fixity.bad, fixity.missing, or fixity.verified (a marked copy good again)
                 append_audit(conn, at=now, actor=self.actor, action=f"fixity.{r.state}", study_uid=r.copy.study_uid,
                              detail={"tier": r.copy.tier, "key": r.copy.key, "sop_uid": r.copy.sop_uid,
-                                     "why": r.problem})
+                                     "why": r.problem or f"was {r.copy.state}, its bytes match the catalog again"})
         for r in checked:
             if r.state == CopyState.VERIFIED.value:
                 report.ok += 1
