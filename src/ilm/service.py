@@ -73,7 +73,7 @@ from ilm.fixity.scrub import FixityStatus, Scrubber, fixity_status
 from ilm.policy.durations import Period
 from ilm.security.roles import Principal
 from ilm.security.tokens import TokenRow, TokenStore
-from ilm.catalog.queries import ping as ping_catalog
+from ilm.catalog.queries import ping as ping_catalog, tier_usage
 from ilm import health
 from ilm.lifecycle.apply import PlanChanged
 from ilm.lifecycle.plan_compare import compare_decisions, export_plan, peer_decisions
@@ -765,7 +765,8 @@ class ArchiveService:
 
     def _metrics_snapshot(self) -> CatalogSnapshot:
         tiers = dict.fromkeys(self.settings.tiers, (0, 0))  # an empty tier shows as 0, not as missing
-        tiers.update({r.key: (r.studies, r.size_bytes) for r in self.summary()["tier"]})
+        with self.catalog.read() as conn:
+            tiers.update(tier_usage(conn))
         pending = sum(1 for r in self.restores(active_only=True) if r.state in ("requested", "restoring"))
         return CatalogSnapshot(tiers, pending)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import distinct, func, select
@@ -12,7 +13,7 @@ from ilm.models import LocationSummary, SeriesSummary, StudyDetail, StudyFilter,
 
 __all__ = [
     "list_studies", "study_detail", "find_instance", "archive_summary", "location_exists", "instance_locations",
-    "ping",
+    "ping", "tier_usage",
 ]
 
 
@@ -148,6 +149,26 @@ def study_detail(conn: Connection, study_uid: str) -> StudyDetail | None:
     )
 
 
+def _by_tier(conn: Connection) -> Sequence[Any]:
+    return conn.execute(
+        select(
+            locations.c.tier,
+            func.count(distinct(instances.c.study_pk)),
+            func.count(distinct(instances.c.series_pk)),
+            func.count(),
+            func.coalesce(func.sum(locations.c.size_bytes), 0),
+        )
+        .join(instances, instances.c.id == locations.c.instance_pk)
+        .group_by(locations.c.tier)
+        .order_by(locations.c.tier)
+    ).all()
+
+
+def tier_usage(conn: Connection) -> dict[str, tuple[int, int]]:
+    """Per tier: (studies with a copy on it, bytes of those copies); the tier part of archive_summary."""
+    return {str(t): (int(st), int(b)) for t, st, _se, _n, b in _by_tier(conn)}
+
+
 def archive_summary(conn: Connection) -> dict[str, list[SummaryRow]]:
     """Studies, series, instances and bytes by modality, by study year and by tier."""
     by_modality = conn.execute(
@@ -176,18 +197,7 @@ def archive_summary(conn: Connection) -> dict[str, list[SummaryRow]]:
         .group_by("y")
         .order_by("y")
     ).all()
-    by_tier = conn.execute(
-        select(
-            locations.c.tier,
-            func.count(distinct(instances.c.study_pk)),
-            func.count(distinct(instances.c.series_pk)),
-            func.count(),
-            func.coalesce(func.sum(locations.c.size_bytes), 0),
-        )
-        .join(instances, instances.c.id == locations.c.instance_pk)
-        .group_by(locations.c.tier)
-        .order_by(locations.c.tier)
-    ).all()
+    by_tier = _by_tier(conn)
 
     def rows(result: Any, unknown: str) -> list[SummaryRow]:
         out = []
