@@ -27,6 +27,7 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+from hypothesis import example, given, settings as hypothesis_settings, strategies as st
 import trustme
 from typer.testing import CliRunner
 
@@ -115,6 +116,27 @@ def test_import_message_has_the_parts_ps3_15_a5_asks_for() -> None:
     assert _patient_ids(root) == ["P-1^^^HOSP"]
     name = _objects(root, "1", "1")[0].find("ParticipantObjectName")
     assert name is not None and name.text == 'Doe^Jane <&> "x" next'  # escaped, control characters blanked
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@example(name="Doe\uffff^Jane", patient="P\ud800", user="AE\x00\n", query=b"\x00")  # not XML 1.0 characters
+@given(name=st.text(), patient=st.text(), user=st.text(), query=st.binary())
+def test_any_text_makes_a_well_formed_one_line_message(name: str, patient: str, user: str, query: bytes) -> None:
+    """Patient names and IDs come from any DICOM file, user names from any peer: the message
+    is always well-formed XML on one line, and framing counts its bytes."""
+    study = m.StudyObject("1.2.3", patient, "", name, "", (("1.2.840.10008.5.1.4.1.1.2", 1),))
+    for ev in (m.instances_imported(NOW, m.Participant("ilm"), m.Participant(user, address=user), study),
+               m.query(NOW, m.Participant("ilm"), m.Participant(user), m.QueryObject("1.2", query))):
+        record = rfc5424(m.to_xml(ev, m.AuditSource(user)), at=NOW, hostname=user, app_name=user, procid=user)
+        assert b"\n" not in record and b"\r" not in record
+        frames, rest = read_frames(octet_frame(record))
+        assert frames == [record] and rest == b""
+        root = parse(record).xml
+        if ev.query is not None:
+            q = root.findtext("ParticipantObjectIdentification/ParticipantObjectQuery") or ""
+            assert base64.b64decode(q) == query
+        else:
+            assert _study_ids(root) == ["1.2.3"]
 
 
 def test_rfc5424_header_and_octet_counting() -> None:

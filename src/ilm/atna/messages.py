@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -240,9 +241,13 @@ def from_audit_entry(e: AuditEntry, study: StudyObject | None, archive: Particip
 # -- rendering ---------------------------------------------------------------------
 
 
+# Characters XML 1.0 cannot carry (controls, surrogates, U+FFFE/U+FFFF) and DEL: blanked, so that
+# a patient name decoded from any DICOM file still makes a well-formed message on one line.
+_NOT_XML = re.compile("[^\x20-\x7e\x80-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
 def _clean(text: str) -> str:
-    """Text without control characters: one message stays one line in a log file."""
-    return "".join(c if c >= " " and c != "\x7f" else " " for c in str(text))
+    return _NOT_XML.sub(" ", str(text))
 
 
 def _sub(parent: ET.Element, tag: str, attrs: dict[str, str] | None = None, text: str | None = None) -> ET.Element:
