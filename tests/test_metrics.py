@@ -16,21 +16,12 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import write_config
-from test_auth import STOW_TYPE, token
+from test_auth import STOW_TYPE, VAULT, token
 from test_auth import stow_body as one_part
 
 from ilm.config import Settings, load_settings
 from ilm.service import ArchiveService
 from ilm.web import create_app
-
-VAULT = """
-[tiers.vault]
-kind = "filesystem"
-path = "tiers/vault"
-fsync = false
-archive = true
-retrieval_latency_seconds = 3600
-"""
 
 POLICY = """name: by-modality
 version: "1"
