@@ -323,8 +323,15 @@ class AuditEmitter:
             if self._syslog is not None and self._spool.has_data():
                 self._send_syslog([])
             return
-        lines = [audit_record(ev, self.source, hostname=self._hostname, app_name=self._settings.audit.app_name,
-                              procid=str(os.getpid())) for ev in events]
+        lines = []
+        for ev in events:
+            try:
+                lines.append(audit_record(ev, self.source, hostname=self._hostname,
+                                          app_name=self._settings.audit.app_name, procid=str(os.getpid())))
+            except Exception:  # one message that cannot be rendered must not take its batch with it
+                log.exception("audit message %s for %s not rendered", ev.event_id.code, ev.study_uids)
+        if not lines:
+            return
         if self._file is not None:
             try:
                 self._file.parent.mkdir(parents=True, exist_ok=True)
