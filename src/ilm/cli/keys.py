@@ -65,12 +65,16 @@ def keys_list(
     if json_out:
         print_json({"keys": infos, "not_checked": unchecked})
         return
-    table = Table("key", "state", "source", "created", "objects", "key file")
-    for k in infos:
-        state = "active" if k.active else ("retired" if k.retired else "readable")
-        objects = ", ".join(f"{t}: {n}" for t, n in k.objects.items()) or "-"
-        table.add_row(k.id, state, k.source, k.created, objects, k.key_file)
-    console.print(table)
+    if not infos:
+        console.print("no master keys yet: 'ilm keys new' creates the first one (docs/security.md)", highlight=False)
+    for key_file in dict.fromkeys(k.key_file for k in infos):
+        table = Table("key", "state", "source", "created", "objects per tier", title=f"key ring {key_file}",
+                      title_justify="left")
+        for k in (k for k in infos if k.key_file == key_file):
+            state = "active" if k.active else ("retired" if k.retired else "readable")
+            objects = ", ".join(f"{t}: {n}" for t, n in k.objects.items()) or "-"
+            table.add_row(k.id, state, k.source, k.created[:16].replace("T", " ") or "-", objects)
+        console.print(table)
     for t, n in unchecked.items():
         if n:
             console.print(f"tier {t}: {n} objects written since the last rotation are not counted "
