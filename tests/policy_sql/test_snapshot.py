@@ -39,9 +39,8 @@ def test_second_connection_sees_the_plans_snapshot(catalog_url: str) -> None:
             # A hold placed by someone else now.
             if catalog_url.startswith("sqlite"):
                 # The plan holds the write lock: nothing can commit before it ends.
-                with pytest.raises(sa.exc.OperationalError, match="locked"):
-                    with other_writer.begin() as c:
-                        _hold(c, "4.5.6")
+                with pytest.raises(sa.exc.OperationalError, match="locked"), other_writer.begin() as c:
+                    _hold(c, "4.5.6")
             else:
                 with other_writer.begin() as c:
                     _hold(c, "4.5.6")
