@@ -31,7 +31,7 @@ runner = CliRunner()
 def _start(s: StudySpec) -> datetime:
     if s.study_date_raw:
         return datetime.combine(s.study_date, time(), tzinfo=timezone.utc)
-    return s.acquired_at + timedelta(minutes=10)
+    return datetime.combine((s.acquired_at + timedelta(minutes=10)).date(), time(), tzinfo=timezone.utc)  # the day received
 
 
 def _size(s: StudySpec) -> int:

@@ -3,15 +3,16 @@
 :func:`study_groups` makes one pass over the active studies for every
 dimension at once; the access log, the patients and the largest studies are
 one query each. Shaping the rows into a report is :mod:`ilm.cost.shaping`.
-A study's age is counted from its StudyDate, or from when it was received
-when it has none. Works the same on SQLite and PostgreSQL.
+A study's age is counted from its StudyDate, or from the (UTC) day it was
+received when it has none. Works the same on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+import math
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import TIMESTAMP, Date, and_, extract, case, cast, func, literal, or_, select
@@ -51,8 +52,20 @@ def _day_of(conn: Connection, value: date | datetime) -> Any:
     return literal(days if conn.dialect.name == "postgresql" else days + _JULIAN_EPOCH)
 
 
+def _study_date(conn: Connection) -> Any:
+    """The day a study's age counts from: its StudyDate, else the (UTC) day it was received."""
+    if conn.dialect.name == "postgresql":
+        received: Any = cast(func.timezone("UTC", studies.c.received_at), Date)
+    else:
+        received = func.substr(studies.c.received_at, 1, 10)  # ISO text: the date is its start
+    return func.coalesce(studies.c.study_date, received)
+
+
 def _study_day(conn: Connection) -> Any:
-    return func.coalesce(_day(conn, studies.c.study_date), _day(conn, studies.c.received_at))
+    d = _study_date(conn)
+    if conn.dialect.name == "postgresql":
+        return extract("epoch", cast(d, TIMESTAMP())) / 86400.0
+    return func.julianday(d)
 
 
 def _bucket(expr: Any, bounds: Sequence[float]) -> Any:
@@ -126,18 +139,20 @@ def received_by_month(conn: Connection, since: datetime) -> list[tuple[str, int,
 
 
 def held_by_age(conn: Connection, today: date, bounds_months: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Active studies per age bucket today: (bucket, studies, instances, bytes), from one pass
-    of conditional sums (no grouping: nothing to sort)."""
-    age = (_day_of(conn, today) - _study_day(conn)).label("age")
-    rows = select(age, studies.c.instance_count, studies.c.size_bytes).where(_ACTIVE).subquery()
-    cols: list[Any] = [func.count(), func.coalesce(func.sum(rows.c.instance_count), 0),
-                       func.coalesce(func.sum(rows.c.size_bytes), 0)]
+    """Active studies per age bucket today: (bucket, studies, instances, bytes), from one pass of
+    conditional sums (no grouping, nothing to sort) that compare the study's day with each
+    bound's day (no date arithmetic per row). Ages as in :func:`study_groups`."""
+    start = _study_date(conn)
+    cols: list[Any] = [func.count(), func.coalesce(func.sum(studies.c.instance_count), 0),
+                       func.coalesce(func.sum(studies.c.size_bytes), 0)]
     for m in bounds_months:
-        young = rows.c.age < m * DAYS_PER_MONTH
+        # a whole number of days d is under m months when d < ceil(m months in days)
+        bound = today - timedelta(days=math.ceil(m * DAYS_PER_MONTH))
+        young = start > (bound.isoformat() if conn.dialect.name != "postgresql" else bound)
         cols += [func.coalesce(func.sum(case((young, 1), else_=0)), 0),
-                 func.coalesce(func.sum(case((young, rows.c.instance_count), else_=0)), 0),
-                 func.coalesce(func.sum(case((young, rows.c.size_bytes), else_=0)), 0)]
-    r = [int(v) for v in conn.execute(select(*cols)).one()]
+                 func.coalesce(func.sum(case((young, studies.c.instance_count), else_=0)), 0),
+                 func.coalesce(func.sum(case((young, studies.c.size_bytes), else_=0)), 0)]
+    r = [int(v) for v in conn.execute(select(*cols).where(_ACTIVE)).one()]
     cumulative = [r[3 + 3 * i:6 + 3 * i] for i in range(len(bounds_months))] + [r[0:3]]
     out, prev = [], [0, 0, 0]
     for k, cur in enumerate(cumulative):
