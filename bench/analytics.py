@@ -175,13 +175,16 @@ def render(res: dict[str, Any]) -> str:
         parts.append(f"**{'SQLite' if kind == 'sqlite' else 'PostgreSQL'}**\n\n" + table(
             ["", "seconds", "inner seconds", "peak RSS MB", "inner / floor", ""], rows))
     parts.append(
-        "`ilm stats` is about ten grouped queries (composition by modality, study year, tier and size; growth "
-        "per month; reads by study age; never read after N days; patients by study count; the largest studies), "
-        "each a pass over `studies` (`series` for modalities, `access_log` for reads). `ilm cost` simulates an "
-        "even sample of 1,000 studies and 250 of the last year's arrivals under each policy with the pure "
-        "evaluator (docs/cost.md) and scales it to the catalog: its time hardly depends on the catalog's size. "
-        "`ilm report` adds `ilm stats`, a preview plan of each policy (the database path of `ilm plan`, not "
-        "stored) and the charts.")
+        "`ilm stats` is one grouped pass over `studies` (study year, month received, size and age buckets, "
+        "tiers, modalities in study, never read after N days; the marginals summed in Python), one join of the "
+        "last year's access log with `studies` (reads by study age), one count of studies per patient (priors) "
+        "and the largest studies. `ilm cost` reads the bytes received per month of the last three years, the "
+        "instances per age bucket (conditional sums), bytes per tier, the reads by age and the facts of its "
+        "sample (1,000 studies at evenly spaced row ids and 250 of the last year's arrivals, by primary key), "
+        "then simulates the sample under each policy with the pure evaluator (docs/cost.md): the simulation "
+        "hardly depends on the catalog's size, the queries do. `ilm report` adds `ilm stats`, a preview plan "
+        "of each policy (the database path of `ilm plan`, not stored; its decisions are read back, which sets "
+        "the peak memory) and the charts.")
     errors = [f"- {kind} {k}: {x.get('error', '')[:400]}" for kind, r in res["results"].items()
               for k, x in r.items() if isinstance(x, dict) and not x.get("ok")]
     if errors:
