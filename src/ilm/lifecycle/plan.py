@@ -327,9 +327,10 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 rest = sql.pure_chunks()
                 chunk = next(rest, None)
                 first = pool.submit(evaluate_chunk, source.policy, chunk, as_of) if chunk is not None else None
-                written_by_sql = sql.write_actions(plan.id)
+                sql.write_actions(plan.id)
                 sums, moved = sql.totals()
-                if written_by_sql <= _KEYS_IN_MEMORY:  # read while the thread evaluates, merged in below
+                # (counted from the totals: PostgreSQL's driver gives no row count for INSERT ... SELECT)
+                if sum(n for n, _, _ in sums.values()) <= _KEYS_IN_MEMORY:  # read while the thread evaluates
                     sql_keys = _interned(action_keys(conn, plan.id))
                 stream: Iterator[tuple[Decision, StudyFacts]] = chain(
                     first.result() if first is not None else (),
