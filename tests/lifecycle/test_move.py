@@ -120,3 +120,69 @@ def test_rate_limit_does_not_change_outcome(service: ArchiveService, pydicom_tes
     uid = _make_study(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=4)
     r = move_study(service.catalog, service.tier, uid, "warm", limiter=RateLimiter(mb_per_s), workers=2)
     assert r.ok and r.moved == 4
+
+
+def _assert_nothing_moved(service: ArchiveService, before: dict[str, str], failed: list[str], why: str) -> None:
+    """Every copy failed verification: the sources are all still there, byte for
+    byte, the catalog knows only them, and the destination holds nothing."""
+    assert len(failed) == len(before) and all(why in f for f in failed), failed
+    assert _files(service, "hot") == before
+    assert _locations(service) == [("hot", "verified")] * len(before)
+    warm = service.settings.resolve("tiers/warm")
+    assert not [p for p in warm.rglob("*") if p.is_file()]  # no object, no temporary file
+    with service.catalog.read() as c:
+        states = c.execute(sa.text("SELECT state FROM moves")).scalars().all()
+    assert states and set(states) == {"rolled_back"}
+
+
+def test_destination_with_other_bytes_is_detected_and_source_kept(
+        service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> None:
+    """A destination that stores other bytes than it was given (a faulty tier,
+    wrapped around the real one: not a file-system tier, so the copy goes
+    through get + put): the verify of what it holds against the catalog's
+    SHA-256 catches it, nothing is committed and no source is deleted."""
+    from ilm.storage import Tier
+
+    class Corrupting:
+        def __init__(self, inner: Tier) -> None:
+            self.inner, self.name = inner, inner.name
+
+        def put(self, key: str, data: bytes, sha256: str | None = None) -> object:
+            return self.inner.put(key, data[:-1] + bytes([data[-1] ^ 0xFF]))  # ignores the SHA-256 it was given
+
+        def __getattr__(self, attr: str) -> object:
+            return getattr(self.inner, attr)
+
+    uid = _make_study(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=3)
+    before = _files(service, "hot")
+    bad = Corrupting(service.tier("warm"))
+    result = move_study(service.catalog, lambda n: bad if n == "warm" else service.tier(n), uid, "warm")  # type: ignore[arg-type, return-value]
+    assert result.moved == 0
+    _assert_nothing_moved(service, before, result.failed, "holds other bytes than were written")
+
+
+def test_kernel_copy_with_other_bytes_is_detected_and_source_kept(
+        service: ArchiveService, pydicom_test_files: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File system to file system the kernel copies the file: a copy that
+    comes out different (one byte changed in the destination after the kernel
+    copy, before the verify) is refused, never given its name, and the source
+    stays."""
+    import os
+
+    import ilm.storage.filesystem as fs
+
+    real = fs._kernel_copy
+
+    def faulty(src: int, dst: int) -> None:
+        real(src, dst)
+        os.pwrite(dst, bytes([os.pread(dst, 1, 200)[0] ^ 0xFF]), 200)
+
+    monkeypatch.setattr(fs, "_kernel_copy", faulty)
+    uid = _make_study(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=3)
+    before = _files(service, "hot")
+    result = move_study(service.catalog, service.tier, uid, "warm")
+    assert result.moved == 0
+    _assert_nothing_moved(service, before, result.failed, "holds other bytes than its catalog SHA-256")
+    monkeypatch.setattr(fs, "_kernel_copy", real)  # a sound copy then moves the study
+    again = move_study(service.catalog, service.tier, uid, "warm")
+    assert again.ok and again.moved == 3 and _files(service, "warm") == before and _files(service, "hot") == {}

@@ -1,18 +1,20 @@
 """Moving a study's copies to another tier without ever losing an image.
 
-For each batch of instances: journal the moves -> copy (read the source,
-check its SHA-256 against the catalog, put on the destination) -> verify what
-the destination holds -> commit the new copies and mark the sources for
-deletion (one transaction) -> delete the sources -> drop their rows, never the
-last verified copy. ``recover`` finishes or rolls back whatever a crash
-interrupted, using the journal.
+For each batch of instances: journal the moves -> copy (read the source
+once, put it on the destination with the catalog's SHA-256; between two
+file-system tiers the kernel copies the file) -> verify that what the
+destination holds hashes to the catalog's SHA-256 -> commit the new copies and
+mark the sources for deletion (one transaction) -> delete the sources -> drop
+their rows, never the last verified copy. A batch is committed and its sources
+deleted while the next batch is being copied. ``recover`` finishes or rolls
+back whatever a crash interrupted, using the journal.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -33,8 +35,8 @@ from ilm.catalog.locks import locked_instances, retain_copy, retain_sources
 from ilm.errors import IntegrityError, ObjectLocked, StorageError
 from ilm.lifecycle import worm
 from ilm.lifecycle.limits import RateLimiter
-from ilm.models import CopyState
-from ilm.storage import ObjectExists, Tier
+from ilm.models import CopyState, StoredObject
+from ilm.storage import FilesystemTier, ObjectExists, Tier
 
 __all__ = ["MoveResult", "move_study", "recover_moves", "RecoveryReport", "put_verified"]
 
@@ -61,14 +63,30 @@ class MoveResult:
 
 
 def _copy_one(c: InstanceCopy, src: Tier, dst: Tier, limiter: RateLimiter) -> tuple[str, int]:
-    """Copy one object and return (sha256 the destination vouches for, size).
-
-    The put is given the catalog's SHA-256, so a source whose bytes no longer
-    match it is refused before anything is written (one hash, not two).
-    """
+    """Copy one object and return (sha256 the destination vouches for, size)."""
+    if isinstance(src, FilesystemTier) and isinstance(dst, FilesystemTier):
+        limiter.take(c.size)
+        return _copy_in_kernel(c, src, dst)
     data = src.get(c.key)
     limiter.take(len(data))
     return put_verified(c, data, src.name, dst)
+
+
+def _copy_in_kernel(c: InstanceCopy, src: FilesystemTier, dst: FilesystemTier) -> tuple[str, int]:
+    """File system to file system: the kernel copies the file, and what the
+    destination then holds is hashed once, read back from it, against the
+    catalog's SHA-256 before it gets its name (``FilesystemTier.copy_in``). A
+    mismatch is blamed on the source when its own bytes differ too."""
+    try:
+        held = dst.copy_in(c.key, src, c.sha256)
+    except ObjectExists:
+        held = dst.stat(c.key)  # a copy from an interrupted run: verified below like any other
+    except IntegrityError:
+        if src.stat(c.key).sha256 != c.sha256:
+            raise IntegrityError(f"tier {src.name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
+        raise IntegrityError(f"tier {dst.name!r}: the copy of {c.key} holds other bytes than its catalog "
+                             "SHA-256; not moved") from None
+    return _check_held(c, dst, held)
 
 
 def put_verified(c: InstanceCopy, data: bytes, src_name: str, dst: Tier) -> tuple[str, int]:
@@ -82,7 +100,10 @@ def put_verified(c: InstanceCopy, data: bytes, src_name: str, dst: Tier) -> tupl
         pass  # a copy from an interrupted run: verified below like any other
     except IntegrityError:
         raise IntegrityError(f"tier {src_name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
-    held = dst.stat(c.key)
+    return _check_held(c, dst, dst.stat(c.key))
+
+
+def _check_held(c: InstanceCopy, dst: Tier, held: StoredObject) -> tuple[str, int]:
     if held.sha256 != c.sha256 or held.size != c.size:
         raise IntegrityError(f"tier {dst.name!r}: {c.key} holds other bytes than were written")
     return held.sha256, held.size
@@ -127,52 +148,72 @@ def move_study(
         result.already_there += 1
     items = list(todo.values())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        copying: _Batch | None = None
         for i in range(0, len(items), BATCH):
             batch = items[i : i + BATCH]
             with catalog.write() as conn:
                 ids = start_moves(conn, batch, dst_name, plan_id, _now())
             futures = [pool.submit(_copy_one, c, tiers(c.tier), dst, limiter) for c in batch]
-            good: list[tuple[int, InstanceCopy, str, int]] = []
-            bad: list[int] = []
-            for move_id, c, fut in zip(ids, batch, futures):
-                try:
-                    sha, size = fut.result()
-                    good.append((move_id, c, sha, size))
-                except StorageError as exc:
-                    result.failed.append(f"{c.sop_uid}: {exc}")
-                    bad.append(move_id)
-            if bad:
-                _undo_copies(catalog, dst, [c for mid, c in zip(ids, batch) if mid in set(bad)], bad)
-            if good:
-                now = _now()
-                with catalog.write() as conn:
-                    commit_moves(conn, good, dst_name, now, worm.tier_lock(dst, now))
-                    by_tier: dict[str, list[int]] = defaultdict(list)
-                    for _m, c, _s, _z in good:
-                        by_tier[c.tier].append(c.instance_pk)
-                    locked = {(t, pk) for t, pks in by_tier.items() for pk in locked_instances(conn, pks, t, now)}
-                deleted: list[tuple[int, int, str]] = []
-                kept: list[tuple[int, int, str]] = []  # WORM: the source stays until its date
-                for mid, c, _sha, _size in good:
-                    if (c.tier, c.instance_pk) in locked:
-                        kept.append((mid, c.instance_pk, c.tier))
-                        continue
-                    try:
-                        tiers(c.tier).delete(c.key)
-                        deleted.append((mid, c.instance_pk, c.tier))
-                    except ObjectLocked:
-                        kept.append((mid, c.instance_pk, c.tier))
-                    except StorageError as exc:  # committed: safe; recovery deletes it later
-                        result.failed.append(f"{c.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
-                with catalog.write() as conn:
-                    finish_moves(conn, deleted, _now())
-                    retain_sources(conn, kept, _now())
-                result.retained += len(kept)
-                result.moved += len(good)
-                result.bytes_moved += sum(z for *_x, z in good)
-            if progress:
-                progress(len(batch))
+            if copying is not None:  # the previous batch is committed while this one is copied
+                _finish_batch(catalog, tiers, dst, dst_name, copying, result, progress)
+            copying = _Batch(batch, ids, futures)
+        if copying is not None:
+            _finish_batch(catalog, tiers, dst, dst_name, copying, result, progress)
     return result
+
+
+@dataclass
+class _Batch:
+    copies: list[InstanceCopy]
+    move_ids: list[int]
+    futures: list[Future[tuple[str, int]]]
+
+
+def _finish_batch(catalog: Catalog, tiers: Callable[[str], Tier], dst: Tier, dst_name: str, b: _Batch,
+                  result: MoveResult, progress: Callable[[int], None] | None) -> None:
+    """Wait for a batch's copies, then commit the verified ones, delete their
+    sources and close their journal entries; undo the copies that failed."""
+    good: list[tuple[int, InstanceCopy, str, int]] = []
+    bad: list[int] = []
+    for move_id, c, fut in zip(b.move_ids, b.copies, b.futures):
+        try:
+            sha, size = fut.result()
+            good.append((move_id, c, sha, size))
+        except StorageError as exc:
+            result.failed.append(f"{c.sop_uid}: {exc}")
+            bad.append(move_id)
+    if bad:
+        failed = set(bad)
+        _undo_copies(catalog, dst, [c for mid, c in zip(b.move_ids, b.copies) if mid in failed], bad)
+    if good:
+        now = _now()
+        with catalog.write() as conn:
+            commit_moves(conn, good, dst_name, now, worm.tier_lock(dst, now))
+            by_tier: dict[str, list[int]] = defaultdict(list)
+            for _m, c, _s, _z in good:
+                by_tier[c.tier].append(c.instance_pk)
+            locked = {(t, pk) for t, pks in by_tier.items() for pk in locked_instances(conn, pks, t, now)}
+        deleted: list[tuple[int, int, str]] = []
+        kept: list[tuple[int, int, str]] = []  # WORM: the source stays until its date
+        for mid, c, _sha, _size in good:
+            if (c.tier, c.instance_pk) in locked:
+                kept.append((mid, c.instance_pk, c.tier))
+                continue
+            try:
+                tiers(c.tier).delete(c.key)
+                deleted.append((mid, c.instance_pk, c.tier))
+            except ObjectLocked:
+                kept.append((mid, c.instance_pk, c.tier))
+            except StorageError as exc:  # committed: safe; recovery deletes it later
+                result.failed.append(f"{c.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
+        with catalog.write() as conn:
+            finish_moves(conn, deleted, _now())
+            retain_sources(conn, kept, _now())
+        result.retained += len(kept)
+        result.moved += len(good)
+        result.bytes_moved += sum(z for *_x, z in good)
+    if progress:
+        progress(len(b.copies))
 
 
 def _delete_source(catalog: Catalog, src: Tier, c: InstanceCopy) -> None:

@@ -36,6 +36,41 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _kernel_copy(src: int, dst: int) -> None:
+    """Copy the whole file ``src`` to ``dst`` inside the kernel: copy_file_range,
+    or sendfile where that is refused (an older kernel across file systems)."""
+    copy = getattr(os, "copy_file_range", None)
+    while copy is not None:
+        try:
+            if copy(src, dst, 1 << 30) == 0:
+                return
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            copy = None
+    while os.sendfile(dst, src, None, 1 << 30):
+        pass
+
+
+def _hash_fd(fd: int) -> tuple[str, int]:
+    """SHA-256 and size of the whole file ``fd``, read into one reused buffer."""
+    h = hashlib.sha256()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    size = 0
+    while n := os.preadv(fd, [buf], size):
+        h.update(view[:n])
+        size += n
+    return h.hexdigest(), size
+
+
 class FilesystemTier:
     pack_studies = False  # moves write a whole study as one object (ilm.storage.pack); set by open_tier
     def __init__(self, name: str, root: Path, *, fsync: bool = True, create: bool = True,
@@ -70,8 +105,39 @@ class FilesystemTier:
         actual = sha256_hex(data)
         if sha256 is not None and actual != sha256:
             raise IntegrityError(f"tier {self.name!r}: refused {key}: data does not match the given SHA-256")
-        self._publish(key, path, data, replace=False)
+        self._publish(key, path, lambda fd: _write_all(fd, data), replace=False)
         return StoredObject(key=key, size=len(data), sha256=actual)
+
+    def copy_in(self, key: str, source: FilesystemTier, sha256: str) -> StoredObject:
+        """Copy ``key`` from another file-system tier in the kernel (copy_file_range:
+        no bytes pass through Python), then hash what this tier now holds, read
+        back from it, and publish it only if that is ``sha256`` (else
+        IntegrityError and nothing is left behind). Atomic and never overwriting
+        like ``put`` (ObjectExists)."""
+        path = self._path(key)
+        try:
+            sfd = os.open(source._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            if not source.root.is_dir():
+                raise TierUnavailable(f"tier {source.name!r}: folder {source.root} is missing") from None
+            raise ObjectNotFound(f"tier {source.name!r}: no object {key}") from None
+        except OSError as exc:
+            raise source._fail("read", key, exc) from None
+        held: list[StoredObject] = []
+
+        def copy_and_check(fd: int) -> None:
+            _kernel_copy(sfd, fd)
+            digest, size = _hash_fd(fd)
+            if digest != sha256:
+                raise IntegrityError(f"tier {self.name!r}: refused {key} copied from tier {source.name!r}: "
+                                     "the bytes written do not match the given SHA-256")
+            held.append(StoredObject(key=key, size=size, sha256=digest))
+
+        try:
+            self._publish(key, path, copy_and_check, replace=False)
+        finally:
+            os.close(sfd)
+        return held[0]
 
     def replace(self, key: str, data: bytes) -> None:
         """Overwrite an existing object atomically (rename over it): key rotation
@@ -80,20 +146,18 @@ class FilesystemTier:
         if not path.is_file():
             raise ObjectNotFound(f"tier {self.name!r}: no object {key}")
         self._refuse_locked(key, "rewritten")
-        self._publish(key, path, data, replace=True)
+        self._publish(key, path, lambda fd: _write_all(fd, data), replace=True)
 
-    def _publish(self, key: str, path: Path, data: bytes, *, replace: bool) -> None:
-        """Write ``data`` to a temporary file, flush it, then link it to ``path``
-        (never overwriting: ObjectExists) or, with ``replace``, rename it over ``path``."""
+    def _publish(self, key: str, path: Path, fill: Callable[[int], None], *, replace: bool) -> None:
+        """Write a temporary file with ``fill`` (given its descriptor, open for
+        reading and writing), flush it, then link it to ``path`` (never
+        overwriting: ObjectExists) or, with ``replace``, rename it over ``path``."""
         tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                fill(fd)
                 if self.worm != "off":  # locked before it gets its name: never visible writable
                     until = (self.clock() + timedelta(days=self.retain_days)).timestamp()
                     os.utime(fd, (until, until))
@@ -196,18 +260,17 @@ class FilesystemTier:
 
     def stat(self, key: str) -> StoredObject:
         path = self._path(key)
-        h = hashlib.sha256()
-        size = 0
         try:
-            with open(path, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    size += len(chunk)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                digest, size = _hash_fd(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
         except OSError as exc:
             raise self._fail("read", key, exc) from None
-        return StoredObject(key=key, size=size, sha256=h.hexdigest())
+        return StoredObject(key=key, size=size, sha256=digest)
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         base = self.root / check_key(prefix.rstrip("/")) if prefix else self.root
