@@ -23,8 +23,9 @@ from bench import plan, retrieve, verify, wado
 from bench import audit
 from bench import analytics
 from bench import encryption
+from bench import dashboard
 
-MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan, verify, audit, encryption, analytics]
+MODULES = [cstore, stow, importing, catalog, transition, prefetch, wado, retrieve, plan, verify, audit, encryption, analytics, dashboard]
 BY_NAME = {m.NAME: m for m in MODULES}
 QUICK_INSTANCES = 250
 

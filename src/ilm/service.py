@@ -36,6 +36,7 @@ from ilm.errors import (
     TierFull,
 )
 from ilm.jobs import ApplyJobs, ApplyProgress
+from ilm.overview import Figures, Overview
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
 from ilm.uids import instance_key
@@ -47,6 +48,7 @@ from ilm.atna.export import ExportReport, export_trail
 from ilm.atna.imports import ImportBatch
 from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
+from ilm.catalog.analytics import received_by_month
 from ilm.catalog.audit import read_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows, plan_action_totals
@@ -166,6 +168,7 @@ class ArchiveService:
         self._tokens = TokenStore(self.catalog)  # API tokens (ilm.security)
         self.metrics = ArchiveMetrics(self._metrics_snapshot, self._promotion_counts)  # GET /metrics (ilm.metrics)
         # Applies started over HTTP run in the background; their progress is polled (ilm.jobs).
+        self._overview = Overview(self._overview_figures)  # the dashboard's figures, kept fresh
         self.apply_jobs = ApplyJobs(lambda plan_id, by, progress: self.apply(plan_id, approved_by=by,
                                                                               progress=progress))
 
@@ -487,6 +490,22 @@ class ArchiveService:
     def summary(self) -> dict[str, list[SummaryRow]]:
         with self.catalog.read() as conn:
             return archive_summary(conn)
+
+    def overview(self) -> Figures:
+        """The dashboard's figures (by tier, by modality, totals, bytes received per month for
+        three years), recomputed in the background once older than a minute (ilm.overview)."""
+        return self._overview.get()
+
+    def _overview_figures(self) -> dict[str, Any]:
+        since = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        since = since.replace(year=since.year - 3)
+        with self.catalog.read() as conn:
+            summary = archive_summary(conn)
+            months = received_by_month(conn, since)
+        return {"tier": summary["tier"], "modality": summary["modality"],
+                "studies": sum(r.studies for r in summary["year"]),
+                "bytes": sum(r.size_bytes for r in summary["year"]),
+                "growth": [{"month": m, "studies": n, "bytes": b} for m, n, b in sorted(months)]}
 
     # -- analytics and cost (ilm.analytics, docs/cost.md) -----------------------
 

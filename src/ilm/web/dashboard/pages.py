@@ -126,8 +126,9 @@ async def logout(request: Request, csrf: str = Form("")) -> Response:
 def overview(request: Request) -> HTMLResponse:
     service = _service(request)
     who = request.state.principal
-    summary = service.summary()
-    by_tier = {r.key: r for r in summary["tier"]}
+    figures = service.overview()  # kept fresh in the background: a reload does not count a million studies
+    f = figures.data
+    by_tier = {r.key: r for r in f["tier"]}
     tiers, total_cost = [], 0.0
     for name, t in service.settings.tiers.items():
         r = by_tier.get(name)
@@ -138,12 +139,15 @@ def overview(request: Request) -> HTMLResponse:
                       "studies": r.studies if r else 0, "instances": r.instances if r else 0,
                       "size": human(size), "bytes": size, "price": money(t.cost_per_gb_month), "cost": money(cost),
                       "cost_value": cost})
-    stats = service.stats(largest=0)
-    totals = {"studies": stats["totals"]["studies"], "size": human(stats["totals"]["bytes"]), "cost": money(total_cost)}
-    modalities = [{"key": r.key, "studies": r.studies, "size": human(r.size_bytes)} for r in summary["modality"]]
+    totals = {"studies": f["studies"], "size": human(f["bytes"]), "cost": money(total_cost)}
+    modalities = [{"key": r.key, "studies": r.studies, "size": human(r.size_bytes)} for r in f["modality"]]
+    as_of = f"figures of {figures.computed_at:%Y-%m-%d %H:%M:%S} UTC (counted in {figures.seconds:.1f} s; refreshed every minute)"
+    drawn = getattr(request.app.state, "overview_charts", None)
+    if drawn is None or drawn[0] != figures.computed_at:  # drawn once per set of figures, not per request
+        drawn = (figures.computed_at, charts.tiers(tiers), charts.growth(f["growth"]))
+        request.app.state.overview_charts = drawn
     return _render(request, "overview.html", who, "Overview", "/", totals=totals, tiers=tiers,
-                   modalities=modalities, tier_chart=charts.tiers(tiers),
-                   growth_chart=charts.growth(stats["growth"]["by_month"]))
+                   modalities=modalities, tier_chart=drawn[1], growth_chart=drawn[2], as_of=as_of)
 
 
 def _day(text: str | None, what: str) -> date | None:
