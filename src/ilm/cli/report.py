@@ -13,7 +13,6 @@ from ilm.cli.cost import GrowthGbOption, GrowthPercentOption, PolicyOption, Samp
 from ilm.cli.policy import _as_of
 from ilm.errors import IlmError
 from ilm.policy import PolicyError
-from ilm.report.html import render_html
 
 __all__ = ["report"]
 
@@ -48,6 +47,8 @@ def report(
             fail("a policy has errors; no report was written", 2)
         except IlmError as exc:
             fail(str(exc), 2)
+    from ilm.report.html import render_html  # matplotlib: imported when a report is written, not by every command
+
     text = render_html(data)
     tmp = html.with_name(html.name + ".tmp")
     try:
