@@ -30,7 +30,6 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
-from heapq import merge
 from itertools import chain
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -186,16 +185,6 @@ def _plan_hash(source: PolicySource, catalog_hash: str, as_of: date,
     return h.hexdigest()
 
 
-_KEYS_IN_MEMORY = 300_000  # up to this many actions written by the SQL, their keys are held (about 40 MB)
-
-
-def _interned(batches: Iterable[Sequence[tuple[str, str, str | None, str | None]]]
-              ) -> list[tuple[str, str, str | None, str | None]]:
-    """The keys of a plan's actions as one list, each (decision, tier, rule) held once."""
-    same: dict[tuple[str, str | None, str | None], tuple[str, str | None, str | None]] = {}
-    return [(k[0], *same.setdefault((k[1], k[2], k[3]), (k[1], k[2], k[3]))) for batch in batches for k in batch]
-
-
 def _catalog_hash(state: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()
 
@@ -322,16 +311,14 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
         with nullcontext() if store else discarded(conn):
             insert_plan(conn, plan, [])
             written = not cooling_enabled(settings)
-            sql_keys: list[tuple[str, str, str | None, str | None]] | None = None
             if written:
                 rest = sql.pure_chunks()
                 chunk = next(rest, None)
                 first = pool.submit(evaluate_chunk, source.policy, chunk, as_of) if chunk is not None else None
+                # Two statements that each leave Python's lock for their whole run. (Not a fetch of many
+                # rows: the driver takes the lock back at every row, and waits for the thread each time.)
                 sql.write_actions(plan.id)
                 sums, moved = sql.totals()
-                # (counted from the totals: PostgreSQL's driver gives no row count for INSERT ... SELECT)
-                if sum(n for n, _, _ in sums.values()) <= _KEYS_IN_MEMORY:  # read while the thread evaluates
-                    sql_keys = _interned(action_keys(conn, plan.id))
                 stream: Iterator[tuple[Decision, StudyFacts]] = chain(
                     first.result() if first is not None else (),
                     (x for c in rest for x in evaluate_chunk(source.policy, c, as_of)))
@@ -373,12 +360,7 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 elif decision == "expire":
                     after[tier] -= b
             summary = _summary(per_rule, vetoed, unknown, before, dict(after), tier_prices(settings), total)
-            if sql_keys is None:
-                keys: Iterable[Sequence[tuple[str, str, str | None, str | None]]] = action_keys(conn, plan.id)
-            else:  # the SQL's actions were read in UID order; the others are merged in
-                ours = sorted((a["study_uid"], a["decision"], a["target_tier"], a["rule_id"]) for a in actions)
-                keys = [list(merge(sql_keys, ours))]
-            plan_hash = _plan_hash(source, catalog_hash, as_of, keys)
+            plan_hash = _plan_hash(source, catalog_hash, as_of, action_keys(conn, plan.id))
             plan = replace(plan, plan_sha256=plan_hash, summary=summary)
             finish_plan(conn, plan.id, summary, plan_hash)
             decisions = PlanDecisions(catalog, source.policy, plan.id, known, sql.kept_by_rule(), state["max_id"],
