@@ -81,6 +81,8 @@ def serve(
         restorer = _start_restore_worker(service, stop)
         watermarks = start_watermark_checks(service, stop)  # capacity watermarks (docs/tiers.md)
         service.promotions.start()  # access-based tiering: promotion on read, prefetch of priors (docs/tiers.md)
+        # The dashboard's figures, counted now in the background so that its first visitor does not wait.
+        threading.Thread(target=_warm_overview, args=(service,), name="ilm-overview-warmup", daemon=True).start()
         if service.promotions.active:
             console.print(f"tiering: promoting studies on read/prefetch, at most {service.promotions.per_minute}/min",
                           highlight=False)
@@ -130,6 +132,13 @@ def serve(
             if watermarks is not None:
                 watermarks.join(timeout=30)
     console.print("stopped", highlight=False)
+
+
+def _warm_overview(service: ArchiveService) -> None:
+    try:
+        service.overview()
+    except Exception as exc:  # the first dashboard visitor counts them instead
+        logging.getLogger("ilm.overview").warning("dashboard figures not counted at start: %s", exc)
 
 
 def _launcher() -> str:
