@@ -5,9 +5,10 @@ once, put it on the destination with the catalog's SHA-256; between two
 file-system tiers the kernel copies the file) -> verify that what the
 destination holds hashes to the catalog's SHA-256 -> commit the new copies and
 mark the sources for deletion (one transaction) -> delete the sources -> drop
-their rows, never the last verified copy. A batch is committed and its sources
-deleted while the next batch is being copied. ``recover`` finishes or rolls
-back whatever a crash interrupted, using the journal.
+their rows, never the last verified copy. While a batch is being copied, the
+previous one is committed and its sources are deleted on the worker threads;
+their rows are dropped in the next commit's transaction. ``recover`` finishes
+or rolls back whatever a crash interrupted, using the journal.
 """
 
 from __future__ import annotations
@@ -149,16 +150,22 @@ def move_study(
     items = list(todo.values())
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         copying: _Batch | None = None
+        deleting: list[_Delete] = []
         for i in range(0, len(items), BATCH):
             batch = items[i : i + BATCH]
             with catalog.write() as conn:
                 ids = start_moves(conn, batch, dst_name, plan_id, _now())
             futures = [pool.submit(_copy_one, c, tiers(c.tier), dst, limiter) for c in batch]
             if copying is not None:  # the previous batch is committed while this one is copied
-                _finish_batch(catalog, tiers, dst, dst_name, copying, result, progress)
+                deleting = _commit_batch(catalog, pool, tiers, dst, dst_name, copying, deleting, result, progress)
             copying = _Batch(batch, ids, futures)
         if copying is not None:
-            _finish_batch(catalog, tiers, dst, dst_name, copying, result, progress)
+            deleting = _commit_batch(catalog, pool, tiers, dst, dst_name, copying, deleting, result, progress)
+        if deleting:
+            deleted, kept = _deletes_done(deleting, result)
+            with catalog.write() as conn:
+                finish_moves(conn, deleted, _now())
+                retain_sources(conn, kept, _now())
     return result
 
 
@@ -169,10 +176,44 @@ class _Batch:
     futures: list[Future[tuple[str, int]]]
 
 
-def _finish_batch(catalog: Catalog, tiers: Callable[[str], Tier], dst: Tier, dst_name: str, b: _Batch,
-                  result: MoveResult, progress: Callable[[int], None] | None) -> None:
-    """Wait for a batch's copies, then commit the verified ones, delete their
-    sources and close their journal entries; undo the copies that failed."""
+@dataclass
+class _Delete:
+    """A committed move's source delete: running on the pool, or None when the
+    source is locked on a WORM tier (kept until its date)."""
+    move_id: int
+    copy: InstanceCopy
+    future: Future[bool] | None
+
+
+def _delete_one(src: Tier, key: str) -> bool:
+    """Delete a moved source object: False when its WORM lock refuses."""
+    try:
+        src.delete(key)
+    except ObjectLocked:
+        return False
+    return True
+
+
+def _deletes_done(deleting: list[_Delete], result: MoveResult) -> tuple[list[tuple[int, int, str]], list[tuple[int, int, str]]]:
+    """Wait for source deletes: (deleted, kept) as (move id, instance pk, source tier)."""
+    deleted: list[tuple[int, int, str]] = []
+    kept: list[tuple[int, int, str]] = []  # WORM: the source stays until its date
+    for d in deleting:
+        item = (d.move_id, d.copy.instance_pk, d.copy.tier)
+        try:
+            (deleted if d.future is not None and d.future.result() else kept).append(item)
+        except StorageError as exc:  # committed: safe; recovery deletes it later
+            result.failed.append(f"{d.copy.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
+    result.retained += len(kept)
+    return deleted, kept
+
+
+def _commit_batch(catalog: Catalog, pool: ThreadPoolExecutor, tiers: Callable[[str], Tier], dst: Tier, dst_name: str,
+                  b: _Batch, deleting: list[_Delete], result: MoveResult,
+                  progress: Callable[[int], None] | None) -> list[_Delete]:
+    """Wait for a batch's copies and undo those that failed; in one transaction,
+    close the moves whose sources the previous batch deleted and commit the
+    verified copies; then start deleting their sources on the pool."""
     good: list[tuple[int, InstanceCopy, str, int]] = []
     bad: list[int] = []
     for move_id, c, fut in zip(b.move_ids, b.copies, b.futures):
@@ -185,35 +226,24 @@ def _finish_batch(catalog: Catalog, tiers: Callable[[str], Tier], dst: Tier, dst
     if bad:
         failed = set(bad)
         _undo_copies(catalog, dst, [c for mid, c in zip(b.move_ids, b.copies) if mid in failed], bad)
-    if good:
-        now = _now()
-        with catalog.write() as conn:
+    deleted, kept = _deletes_done(deleting, result)
+    now = _now()
+    locked: set[tuple[str, int]] = set()
+    with catalog.write() as conn:
+        finish_moves(conn, deleted, now)
+        retain_sources(conn, kept, now)
+        if good:
             commit_moves(conn, good, dst_name, now, worm.tier_lock(dst, now))
             by_tier: dict[str, list[int]] = defaultdict(list)
             for _m, c, _s, _z in good:
                 by_tier[c.tier].append(c.instance_pk)
             locked = {(t, pk) for t, pks in by_tier.items() for pk in locked_instances(conn, pks, t, now)}
-        deleted: list[tuple[int, int, str]] = []
-        kept: list[tuple[int, int, str]] = []  # WORM: the source stays until its date
-        for mid, c, _sha, _size in good:
-            if (c.tier, c.instance_pk) in locked:
-                kept.append((mid, c.instance_pk, c.tier))
-                continue
-            try:
-                tiers(c.tier).delete(c.key)
-                deleted.append((mid, c.instance_pk, c.tier))
-            except ObjectLocked:
-                kept.append((mid, c.instance_pk, c.tier))
-            except StorageError as exc:  # committed: safe; recovery deletes it later
-                result.failed.append(f"{c.sop_uid}: moved, but the source copy is not deleted yet: {exc}")
-        with catalog.write() as conn:
-            finish_moves(conn, deleted, _now())
-            retain_sources(conn, kept, _now())
-        result.retained += len(kept)
-        result.moved += len(good)
-        result.bytes_moved += sum(z for *_x, z in good)
+    result.moved += len(good)
+    result.bytes_moved += sum(z for *_x, z in good)
     if progress:
         progress(len(b.copies))
+    return [_Delete(mid, c, None if (c.tier, c.instance_pk) in locked else pool.submit(_delete_one, tiers(c.tier), c.key))
+            for mid, c, _sha, _size in good]
 
 
 def _delete_source(catalog: Catalog, src: Tier, c: InstanceCopy) -> None:

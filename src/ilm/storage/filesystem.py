@@ -100,6 +100,13 @@ class FilesystemTier:
             return TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing")
         return StorageError(f"tier {self.name!r}: cannot {what} {key}: {exc.strerror or exc}")
 
+    def _read_error(self, key: str, exc: OSError) -> StorageError:
+        if isinstance(exc, FileNotFoundError):
+            if not self.root.is_dir():
+                return TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing")
+            return ObjectNotFound(f"tier {self.name!r}: no object {key}")
+        return self._fail("read", key, exc)
+
     def put(self, key: str, data: bytes, sha256: str | None = None) -> StoredObject:
         path = self._path(key)
         actual = sha256_hex(data)
@@ -117,12 +124,8 @@ class FilesystemTier:
         path = self._path(key)
         try:
             sfd = os.open(source._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            if not source.root.is_dir():
-                raise TierUnavailable(f"tier {source.name!r}: folder {source.root} is missing") from None
-            raise ObjectNotFound(f"tier {source.name!r}: no object {key}") from None
         except OSError as exc:
-            raise source._fail("read", key, exc) from None
+            raise source._read_error(key, exc) from None
         held: list[StoredObject] = []
 
         def copy_and_check(fd: int) -> None:
@@ -191,12 +194,8 @@ class FilesystemTier:
         path = self._path(key)
         try:
             return path.read_bytes()
-        except FileNotFoundError:
-            if not self.root.is_dir():
-                raise TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing") from None
-            raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
         except OSError as exc:
-            raise self._fail("read", key, exc) from None
+            raise self._read_error(key, exc) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         path = self._path(key)
@@ -208,12 +207,8 @@ class FilesystemTier:
                     raise StorageError(f"tier {self.name!r}: range {offset}+{length} is beyond the end of {key} ({size} bytes)")
                 fh.seek(offset)
                 data = fh.read(length)
-        except FileNotFoundError:
-            if not self.root.is_dir():
-                raise TierUnavailable(f"tier {self.name!r}: folder {self.root} is missing") from None
-            raise ObjectNotFound(f"tier {self.name!r}: no object {key}") from None
         except OSError as exc:
-            raise self._fail("read", key, exc) from None
+            raise self._read_error(key, exc) from None
         if len(data) != length:
             raise StorageError(f"tier {self.name!r}: read {len(data)} of {length} bytes at {offset} of {key}")
         return data
