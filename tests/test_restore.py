@@ -380,21 +380,30 @@ def test_crash_during_restore_and_expiry_leaves_no_orphans(svc: ArchiveService, 
     svc.recall([uid], "t")
     clock.advance(seconds=2)
     hot = svc.tier("hot")
-    real_put, real_delete = hot.put, hot.delete
+    real_put, real_copy_in, real_delete = hot.put, hot.copy_in, hot.delete  # type: ignore[attr-defined]
     lock = threading.Lock()
     count = {"put": 0, "delete": 0}
 
-    def dying_put(key: str, data: bytes, sha256: str | None = None) -> object:
+    def dying() -> None:
         with lock:
             count["put"] += 1
             if count["put"] > 3:
                 raise Crash()
+
+    def dying_put(key: str, data: bytes, sha256: str | None = None) -> object:
+        dying()
         return real_put(key, data, sha256)
 
+    def dying_copy_in(key: str, source: object, sha256: str) -> object:  # folder -> folder: the kernel copies
+        dying()
+        return real_copy_in(key, source, sha256)
+
     monkeypatch.setattr(hot, "put", dying_put)
+    monkeypatch.setattr(hot, "copy_in", dying_copy_in)
     with pytest.raises(Crash):
         svc.process_restores()
     monkeypatch.setattr(hot, "put", real_put)
+    monkeypatch.setattr(hot, "copy_in", real_copy_in)
     assert len(list(hot.keys())) == 3 and _catalogued_keys(svc, "hot") == set()  # orphans, for now
     with pytest.raises(NotReady):
         svc.prepare_read(uid)
@@ -436,17 +445,25 @@ hot = service.tier("hot")
 put = hot.put
 stop_after = int(sys.argv[2])  # copies written before every further put hangs (the test kills us then)
 lock, written = threading.Lock(), [0]
+copy_in = hot.copy_in
 
-def hanging_put(key, data, sha256=None):
+def hang_after_enough():
     with lock:
         n = written[0] = written[0] + 1
     if n > stop_after:
         if n == stop_after + 1:
             print("stuck", flush=True)
         time.sleep(3600)
+
+def hanging_put(key, data, sha256=None):
+    hang_after_enough()
     return put(key, data, sha256)
 
-hot.put = hanging_put
+def hanging_copy_in(key, source, sha256):  # folder -> folder copies go through the kernel, not put
+    hang_after_enough()
+    return copy_in(key, source, sha256)
+
+hot.put, hot.copy_in = hanging_put, hanging_copy_in
 print("copying", flush=True)
 service.process_restores()
 print("done", flush=True)
