@@ -6,9 +6,10 @@ file-system tiers the kernel copies the file) -> verify that what the
 destination holds hashes to the catalog's SHA-256 -> commit the new copies and
 mark the sources for deletion (one transaction) -> delete the sources -> drop
 their rows, never the last verified copy. While a batch is being copied, the
-previous one is committed and its sources are deleted on the worker threads;
-their rows are dropped in the next commit's transaction. ``recover`` finishes
-or rolls back whatever a crash interrupted, using the journal.
+previous one is committed and its sources are deleted (on two threads of
+their own); their rows are dropped in the next commit's transaction.
+``recover`` finishes or rolls back whatever a crash interrupted, using the
+journal.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def move_study(
         _delete_source(catalog, tiers(c.tier), c)
         result.already_there += 1
     items = list(todo.values())
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # Source deletes get threads of their own: an unlink waits for the disk (discard),
+    # and should not hold up the copies of the next batch.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(max_workers=2) as deleter:
         copying: _Batch | None = None
         deleting: list[_Delete] = []
         for i in range(0, len(items), BATCH):
@@ -157,10 +160,10 @@ def move_study(
                 ids = start_moves(conn, batch, dst_name, plan_id, _now())
             futures = [pool.submit(_copy_one, c, tiers(c.tier), dst, limiter) for c in batch]
             if copying is not None:  # the previous batch is committed while this one is copied
-                deleting = _commit_batch(catalog, pool, tiers, dst, dst_name, copying, deleting, result, progress)
+                deleting = _commit_batch(catalog, deleter, tiers, dst, dst_name, copying, deleting, result, progress)
             copying = _Batch(batch, ids, futures)
         if copying is not None:
-            deleting = _commit_batch(catalog, pool, tiers, dst, dst_name, copying, deleting, result, progress)
+            deleting = _commit_batch(catalog, deleter, tiers, dst, dst_name, copying, deleting, result, progress)
         if deleting:
             deleted, kept = _deletes_done(deleting, result)
             with catalog.write() as conn:
@@ -208,12 +211,12 @@ def _deletes_done(deleting: list[_Delete], result: MoveResult) -> tuple[list[tup
     return deleted, kept
 
 
-def _commit_batch(catalog: Catalog, pool: ThreadPoolExecutor, tiers: Callable[[str], Tier], dst: Tier, dst_name: str,
+def _commit_batch(catalog: Catalog, deleter: ThreadPoolExecutor, tiers: Callable[[str], Tier], dst: Tier, dst_name: str,
                   b: _Batch, deleting: list[_Delete], result: MoveResult,
                   progress: Callable[[int], None] | None) -> list[_Delete]:
     """Wait for a batch's copies and undo those that failed; in one transaction,
     close the moves whose sources the previous batch deleted and commit the
-    verified copies; then start deleting their sources on the pool."""
+    verified copies; then start deleting their sources on ``deleter``."""
     good: list[tuple[int, InstanceCopy, str, int]] = []
     bad: list[int] = []
     for move_id, c, fut in zip(b.move_ids, b.copies, b.futures):
@@ -242,7 +245,7 @@ def _commit_batch(catalog: Catalog, pool: ThreadPoolExecutor, tiers: Callable[[s
     result.bytes_moved += sum(z for *_x, z in good)
     if progress:
         progress(len(b.copies))
-    return [_Delete(mid, c, None if (c.tier, c.instance_pk) in locked else pool.submit(_delete_one, tiers(c.tier), c.key))
+    return [_Delete(mid, c, None if (c.tier, c.instance_pk) in locked else deleter.submit(_delete_one, tiers(c.tier), c.key))
             for mid, c, _sha, _size in good]
 
 
