@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,14 +18,13 @@ import pydicom
 import pytest
 import requests
 import sqlalchemy as sa
-import uvicorn
 from dicomweb_client import DICOMwebClient
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import write_config
-from support.servers import free_port, wait_port
+from support.http import serve
 
 from ilm.catalog.schema import api_tokens
 from ilm.cli import app as cli_app
@@ -306,16 +304,8 @@ def test_cli_tokens(settings: Settings, service: ArchiveService) -> None:
 
 @pytest.fixture
 def http_server(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with serve(app) as url:
+        yield url
 
 
 def test_dicomweb_client_with_a_token(http_server: str, service: ArchiveService, pydicom_test_files: Path) -> None:
