@@ -270,7 +270,16 @@ def test_audit_list_and_verify(client: TestClient, service: ArchiveService, pydi
     entries = client.get("/api/audit").json()
     assert len(entries) >= 2 and all(e["hash"] for e in entries)
     assert client.get("/api/audit", params={"limit": 1, "offset": 1}).json() == entries[1:2]
+    assert client.get("/api/audit", params={"offset": len(entries)}).json() == []
     assert client.get("/api/audit/verify").json() == {"intact": True, "breaks": []}
+    # pages, newest first and counts come from SQL, and agree with the whole trail
+    ids = [e["id"] for e in entries]
+    assert [e.id for e in service.audit(limit=2, newest_first=True)] == ids[::-1][:2]
+    assert [e.id for e in service.audit(limit=2, offset=1, newest_first=True)] == ids[::-1][1:3]
+    assert service.audit_count() == len(entries)
+    about_ct = [e["id"] for e in entries if e["study_uid"] == ct]
+    assert about_ct and service.audit_count(study_uid=ct) == len(about_ct)
+    assert [e.id for e in service.audit(study_uid=ct, limit=1, newest_first=True)] == about_ct[-1:]
 
 
 # -- tiers ----------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ from ilm.atna.imports import ImportBatch
 from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.analytics import received_by_month
-from ilm.catalog.audit import read_audit
+from ilm.catalog.audit import count_audit, read_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import ActionRow, PlanRow, get_plan, list_plans, plan_action_rows, plan_action_totals
 from ilm.catalog.retention import HoldRow, QuarantinedStudy, patient_key, quarantined_studies
@@ -589,9 +589,16 @@ class ArchiveService:
         report.released, report.problems = released.dropped, report.problems + released.problems
         return report
 
-    def audit(self, *, study_uid: str | None = None, plan_id: str | None = None) -> list[audit_chain.AuditEntry]:
+    def audit(self, *, study_uid: str | None = None, plan_id: str | None = None, limit: int | None = None,
+              offset: int = 0, newest_first: bool = False) -> list[audit_chain.AuditEntry]:
+        """Audit entries (about one study or plan when given), a page at a time when ``limit`` is given."""
         with self.catalog.read() as conn:
-            return list(read_audit(conn, study_uid=study_uid, plan_id=plan_id))
+            return list(read_audit(conn, study_uid=study_uid, plan_id=plan_id, limit=limit, offset=offset,
+                                   newest_first=newest_first))
+
+    def audit_count(self, *, study_uid: str | None = None, plan_id: str | None = None) -> int:
+        with self.catalog.read() as conn:
+            return count_audit(conn, study_uid=study_uid, plan_id=plan_id)
 
     def audit_verify(self) -> list[audit_chain.ChainBreak]:
         with self.catalog.read() as conn:

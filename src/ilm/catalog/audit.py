@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 from datetime import datetime
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Connection
 
 from ilm.audit import GENESIS, AuditEntry, canonical_detail, entry_hash
@@ -44,15 +45,29 @@ def append_audit(
     return h
 
 
-def read_audit(conn: Connection, *, study_uid: str | None = None, plan_id: str | None = None,
-               limit: int | None = None) -> Iterator[AuditEntry]:
-    q = select(audit_log).order_by(audit_log.c.id)
+def _audit_filter(q: Any, study_uid: str | None, plan_id: str | None) -> Any:
     if study_uid:
         q = q.where(audit_log.c.study_uid == study_uid)
     if plan_id:
         q = q.where(audit_log.c.plan_id == plan_id)
+    return q
+
+
+def count_audit(conn: Connection, *, study_uid: str | None = None, plan_id: str | None = None) -> int:
+    """How many entries (about one study or plan when given), counted in SQL."""
+    q = _audit_filter(select(func.count()).select_from(audit_log), study_uid, plan_id)
+    return int(conn.execute(q).scalar_one())
+
+
+def read_audit(conn: Connection, *, study_uid: str | None = None, plan_id: str | None = None,
+               limit: int | None = None, offset: int = 0, newest_first: bool = False) -> Iterator[AuditEntry]:
+    """Entries in chain order (oldest first, or newest first), a page at a time in SQL."""
+    q = _audit_filter(select(audit_log), study_uid, plan_id)
+    q = q.order_by(audit_log.c.id.desc() if newest_first else audit_log.c.id)
     if limit:
         q = q.limit(limit)
+    if offset:
+        q = q.offset(offset)
     for r in conn.execute(q):
         yield AuditEntry(
             at=r.at, actor=r.actor, action=r.action, study_uid=r.study_uid, plan_id=r.plan_id, rule_id=r.rule_id,

@@ -291,7 +291,7 @@ def _demo_lifecycle(service: ArchiveService, home: Path, today: date) -> None:
     console.rule("after")
     print_summary(service)
     breaks = service.audit_verify()
-    console.print(f"audit trail: {len(service.audit())} entries, {'intact' if not breaks else 'BROKEN'} "
+    console.print(f"audit trail: {service.audit_count()} entries, {'intact' if not breaks else 'BROKEN'} "
                   f"(ilm audit --home {home})", highlight=False)
 
 

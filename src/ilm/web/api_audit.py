@@ -48,8 +48,8 @@ def audit(request: Request, study_uid: str | None = Query(None, max_length=64),
           plan_id: str | None = Query(None, max_length=64),
           limit: int = Query(1000, ge=1, le=100_000), offset: int = Query(0, ge=0, le=10**9)) -> Any:
     """Audit entries (about one study or plan when given), oldest first, a page at a time."""
-    entries = service_of(request).audit(study_uid=study_uid, plan_id=plan_id)
-    return [EntryOut.model_validate(e) for e in entries[offset:offset + limit]]
+    entries = service_of(request).audit(study_uid=study_uid, plan_id=plan_id, limit=limit, offset=offset)
+    return [EntryOut.model_validate(e) for e in entries]
 
 
 @router.get("/audit/verify", response_model=Verified)

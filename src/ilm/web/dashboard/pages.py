@@ -193,7 +193,7 @@ def study(request: Request, study_uid: str) -> HTMLResponse:
     holds = [h for h in service.holds() if h.target in (study_uid, s.summary.patient_id)]
     archive = {n for n, t in service.settings.tiers.items() if t.archive}
     on_archive = bool(set(s.summary.tiers) & archive)
-    entries = list(reversed(service.audit(study_uid=study_uid)))[:200]
+    entries = service.audit(study_uid=study_uid, limit=200, newest_first=True)
     return _render(request, "study.html", who, f"Study {study_uid}", "/studies", s=s, holds=holds, entries=entries,
                    on_archive=on_archive, can_restore=role_of(who, "approver"))
 
@@ -241,7 +241,7 @@ def plan(request: Request, plan_id: str, offset: int = Query(0, ge=0)) -> HTMLRe
     actions = service.plan_actions(plan_id)
     pending = sum(1 for a in actions if a.state in ("pending", "failed"))
     job = service.apply_progress(plan_id)
-    entries = list(reversed(service.audit(plan_id=plan_id)))[:200]
+    entries = service.audit(plan_id=plan_id, limit=200, newest_first=True)
     page = actions[offset:offset + PAGE]
     next_url = f"/plans/{plan_id}?offset={offset + PAGE}" if offset + PAGE < len(actions) else ""
     prev_url = f"/plans/{plan_id}?offset={max(0, offset - PAGE)}" if offset else ""
@@ -328,12 +328,12 @@ def recall(request: Request, study_uid: str = Form(...), csrf: str = Form("")) -
 @router.get("/audit", response_class=HTMLResponse, dependencies=[page_require("viewer")])
 def audit(request: Request) -> HTMLResponse:
     service = _service(request)
-    entries = service.audit()
+    total = service.audit_count()
     breaks = service.audit_verify()
-    chain = (f"hash chain intact: {len(entries):,} entries" if not breaks else
+    chain = (f"hash chain intact: {total:,} entries" if not breaks else
              f"hash chain BROKEN at {len(breaks)} place(s): " + "; ".join(b.problem for b in breaks[:5]))
     return _render(request, "audit.html", request.state.principal, "Audit log", "/audit",
-                   entries=list(reversed(entries))[:300], total=len(entries), chain=chain, intact=not breaks)
+                   entries=service.audit(limit=300, newest_first=True), total=total, chain=chain, intact=not breaks)
 
 
 # -- cost -------------------------------------------------------------------------------------
