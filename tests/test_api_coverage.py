@@ -53,6 +53,7 @@ ROUTES: dict[str, list[str]] = {
     "cost": ["GET /api/cost"],
     "verify": ["POST /api/verify", "GET /api/fixity"],
     "worm status": ["GET /api/worm"],
+    "export": ["GET /api/studies/{study_uid}/export"],  # a ZIP of the study's files
 }
 
 NO_ROUTE: dict[str, str] = {

@@ -39,7 +39,7 @@ from ilm.jobs import ApplyJobs, ApplyProgress
 from ilm.overview import Figures, Overview
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
-from ilm.uids import instance_key
+from ilm.uids import instance_key, validate_uid
 from ilm.spill import Spill
 from ilm import audit as audit_chain
 from ilm.access import AccessRecorder
@@ -80,6 +80,7 @@ from ilm import health
 from ilm.lifecycle.apply import PlanChanged
 from ilm.lifecycle.plan_compare import compare_decisions, export_plan, peer_decisions
 from ilm.metrics import ArchiveMetrics, CatalogSnapshot, PromotionCounts
+from ilm import study_export
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files"]
 
@@ -458,6 +459,45 @@ class ArchiveService:
         self.access.note(study_uid, interface, who, instances)
         self.atna.retrieved(study_uid, interface, who, instances)  # Instances Transferred / Export message
         self.promotions.on_read(study_uid, interface, who)  # queued for the promotion worker, never waits
+
+    def export(self, study_uids: Iterable[str], to: Path, *, dicomdir: bool = False, as_zip: bool = False,
+               by: str, who: str = "", interface: str = "cli", described_as: str = "") -> study_export.ExportReport:
+        """Write studies out of the archive (ilm export, GET /api/studies/{uid}/export; ilm.study_export):
+        into the folder ``to`` (``dicomdir``: as a DICOM file-set with its DICOMDIR), or with ``as_zip``
+        as the new ZIP file ``to``. Each file holds the stored bytes, read from the hottest verified copy.
+
+        Everything is checked before a file is placed, and a refusal writes nothing: InvalidUID,
+        NotFound (unknown or expired study), NotReady (on an archive tier and not restored: ilm
+        recall), ExportRefused (the destination cannot take it), IntegrityError (a copy that does not
+        match the catalog). Once written, each study counts as accessed by ``who`` (``by`` when empty)
+        over ``interface`` "export" (last access, access log, the ATNA Export message) and gets an
+        entry ``study.export`` in the audit trail by ``by``."""
+        uids = list(dict.fromkeys(validate_uid(u, "Study Instance UID") for u in study_uids))
+        if not uids:
+            raise IlmError("no study to export: give one or more Study Instance UIDs")
+        if not as_zip:
+            study_export.check_folder(to, dicomdir=dicomdir)
+        archive = {name for name, t in self.settings.tiers.items() if t.archive}
+        refs: list[InstanceRef] = []
+        for uid in uids:
+            mine = self.instances_to_read(uid)
+            if not mine:
+                raise NotFound(f"no study {uid} in the archive (unknown, or expired); nothing exported")
+            if any(r.tier in archive for r in mine):
+                self.prepare_read(uid)  # NotReady: restore it first, as a C-GET would have to
+                mine = self.instances_to_read(uid)  # the restored copies
+            refs += mine
+        report = study_export.ExportReport(described_as or str(to), dicomdir=dicomdir)
+        staged = study_export.stage(refs, self.read, to.parent if as_zip else to, dicomdir=dicomdir)
+        report.studies, report.bytes = staged.studies, staged.bytes
+        if as_zip:
+            study_export.deliver_zip(staged, to, report)
+        else:
+            study_export.deliver_folder(staged, to, report)
+        for uid, n in report.studies.items():
+            self.note_access(uid, "export", who or by, n)
+        study_export.record_exports(self.catalog, report, by=by, interface=interface, at=_now())
+        return report
 
     def commitment(self, requested: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
         """Storage Commitment of (SOP Class UID, SOP Instance UID) pairs: the committed

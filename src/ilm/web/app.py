@@ -50,6 +50,7 @@ from ilm.service import ArchiveService
 from ilm.web.auth import require
 from ilm.web.body_limit import ApiBodyLimit
 from ilm.web import api_admin, api_analytics, api_audit, api_fixity, api_ops, api_plans, api_retention, api_studies, api_tiers
+from ilm.web import api_export
 from ilm.web.dashboard import install as install_dashboard
 from ilm.web.restore import router as restore_router
 from ilm.web.wado import router as wado_router
@@ -154,6 +155,7 @@ def create_app(service: ArchiveService, *, max_request_bytes: int | None = None,
     app.include_router(api_ops.router)
     app.include_router(api_analytics.router)
     app.include_router(api_fixity.router)
+    app.include_router(api_export.router)  # GET /api/studies/{uid}/export (operator)
     app.add_middleware(ApiBodyLimit)  # bodies under /api/ are bounded before auth reads them (ilm.web.body_limit)
     install_dashboard(app)  # the web dashboard at / (ilm.web.dashboard)
     return app
