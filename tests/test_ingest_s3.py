@@ -131,3 +131,54 @@ def test_uncatalogued_identical_object_on_s3_is_adopted(
     r = svc.ingest_path(ct)
     assert r.status is IngestStatus.STORED, r.reason
     assert _catalog_rows(svc, ds.SOPInstanceUID) == (1, 1)
+
+
+class _ServerError:
+    """What a failing S3 server sends back: HTTP 500 InternalError. Registered on the
+    tier's real boto3 client for PutObject only (every retry gets it too); the
+    other calls (HEAD, GET) reach the real SeaweedFS."""
+
+    status_code = 500
+    headers = {"content-type": "application/xml"}
+    content = b"<Error><Code>InternalError</Code><Message>injected by the test</Message></Error>"
+    text = content.decode()
+    raw = None
+
+
+def _fail_puts(svc: ArchiveService) -> None:
+    client = svc.tier("cloud")._s3()  # type: ignore[attr-defined]
+    client.meta.events.register("before-send.s3.PutObject", lambda **kw: _ServerError())
+
+
+def test_put_answered_with_server_error_but_object_present_is_adopted(
+    s3_service: tuple[ArchiveService, str], s3_server: SeaweedFS, pydicom_test_files: Path
+) -> None:
+    """SeaweedFS sometimes answers a refused conditional put with InternalError
+    (seen under load) instead of 412, or a put lands and its answer is lost: when
+    the key is there afterwards, the put is "already exists" and the ingest adopts
+    the identical bytes after comparing the stored SHA-256."""
+    svc, bucket = s3_service
+    ct = pydicom_test_files / "CT_small.dcm"
+    ds = pydicom.dcmread(ct)
+    key = instance_key(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    data = ct.read_bytes()
+    svc.tier("cloud").put(key, data, hashlib.sha256(data).hexdigest())
+    _fail_puts(svc)
+    r = svc.ingest_path(ct)
+    assert r.status is IngestStatus.STORED, r.reason
+    assert _catalog_rows(svc, ds.SOPInstanceUID) == (1, 1)
+    assert _held_sha256(s3_server, bucket, f"dicom/{key}") == hashlib.sha256(data).hexdigest()
+
+
+def test_put_answered_with_server_error_and_nothing_stored_records_nothing(
+    s3_service: tuple[ArchiveService, str], s3_server: SeaweedFS, pydicom_test_files: Path
+) -> None:
+    """A server error with nothing stored stays an error naming the tier; nothing is catalogued."""
+    svc, _ = s3_service
+    ct = pydicom_test_files / "CT_small.dcm"
+    ds = pydicom.dcmread(ct)
+    _fail_puts(svc)
+    r = svc.ingest_path(ct)
+    assert r.status is not IngestStatus.STORED
+    assert "cloud" in (r.reason or "") and "InternalError" in (r.reason or ""), r.reason
+    assert _catalog_rows(svc, ds.SOPInstanceUID) == (0, 0)

@@ -325,8 +325,28 @@ class S3Tier:
                 **self._sse,
             )
         except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            if self._server_error(exc) and self._exists_full(full):
+                # A server error after its retries, and the key is there now: either an earlier
+                # object (SeaweedFS answers some refused conditional puts under load with
+                # InternalError instead of 412) or this put landed and its answer was lost.
+                # Both are "already exists": the caller compares the stored SHA-256 before
+                # adopting, exactly as after a 412.
+                raise ObjectExists(f"tier {self.name!r}: {key} already exists (the put answered "
+                                   f"{self._code(exc) if isinstance(exc, bx.ClientError) else exc})") from None
             self._raise(exc, "put", key)
         return StoredObject(key=key, size=len(data), sha256=sha256)
+
+    @staticmethod
+    def _server_error(exc: BaseException) -> bool:
+        return (isinstance(exc, bx.ClientError)
+                and int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500)
+
+    def _exists_full(self, full: str) -> bool:
+        try:
+            self._s3().head_object(Bucket=self.bucket, Key=full)
+            return True
+        except (bx.ClientError, bx.BotoCoreError, OSError):
+            return False
 
     def replace(self, key: str, data: bytes) -> None:
         """Overwrite an existing object (key rotation rewrites an encrypted
