@@ -569,3 +569,79 @@ def test_an_import_batch_with_refused_instances_is_a_minor_failure() -> None:
     (ev,) = sent
     assert (ev.event_id.code, ev.outcome, ev.outcome_description) == ("110107", 4, "1 instance(s) of the study refused")
     assert ev.studies[0].sop_classes == (("1.2.840.10008.5.1.4.1.1.2", 2),)
+
+
+# -- authentication and security alerts ---------------------------------------------------------
+
+
+def _participant(rec: Syslog5424, requestor: bool) -> ET.Element:
+    [p] = [p for p in rec.xml.findall("ActiveParticipant") if p.get("UserIsRequestor") == str(requestor).lower()]
+    return p
+
+
+def test_refused_tokens_and_roles_are_audited_never_the_token(service: ArchiveService, receiver: SyslogReceiver,
+                                                              ) -> None:
+    """A presented token that is unknown or revoked is a failed User Authentication (110114,
+    type Login, outcome 4) naming the client's address; a valid token used beyond its role is
+    a Security Alert (110113, Use of Restricted Function) naming the route; a dashboard sign-in
+    is a successful User Authentication. The token itself is in no message."""
+    _, viewer = service.token_create("ward-viewer", "viewer", expires=None, by="test")
+    _, gone = service.token_create("old-script", "operator", expires=None, by="test")
+    service.token_revoke("old-script", by="test")
+    with serve(create_app(service)) as base:
+        bad = httpx.get(f"{base}/api/studies", headers={"Authorization": "Bearer ilm_not-a-real-token"}, timeout=60)
+        assert bad.status_code == 401
+        revoked = httpx.get(f"{base}/api/studies", headers={"Authorization": f"Bearer {gone}"}, timeout=60)
+        assert revoked.status_code == 401
+        none = httpx.get(f"{base}/api/studies", timeout=60)  # no credentials presented: not an attempt
+        assert none.status_code == 401
+        forbidden = httpx.post(f"{base}/api/holds", json={"study_uid": "1.2.3", "reason": "r"}, timeout=60,
+                               headers={"Authorization": f"Bearer {viewer}"})
+        assert forbidden.status_code == 403
+        signed_in = httpx.post(f"{base}/login", data={"token": viewer, "next": "/"}, timeout=60)
+        assert signed_in.status_code == 303
+    auths = wait_for(lambda: _of(receiver, "110114") if len(_of(receiver, "110114")) >= 3 else [],
+                     what="three user-authentication messages")
+    assert len(auths) == 3  # the request without a token is not one
+    for rec in auths:
+        assert _codes(rec.xml, "EventIdentification/EventTypeCode") == ["110122"]  # Login
+        assert _participant(rec, True).get("NetworkAccessPointID") == "127.0.0.1"
+        assert _participant(rec, False).get("UserID") == "ilm"
+    outcomes = {(_participant(r, True).get("UserID"), r.xml.find("EventIdentification").get(  # type: ignore[union-attr]
+        "EventOutcomeIndicator")) for r in auths}
+    assert outcomes == {("unknown", "4"), ("old-script", "4"), ("ward-viewer", "0")}
+    (alert,) = wait_for(lambda: _of(receiver, "110113"), what="the security alert")
+    assert _codes(alert.xml, "EventIdentification/EventTypeCode") == ["110132"]  # Use of Restricted Function
+    assert alert.xml.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+    assert _participant(alert, True).get("UserID") == "ward-viewer"
+    (subject,) = _objects(alert.xml, "2", "13")
+    assert subject.get("ParticipantObjectID") == "POST /api/holds"
+    assert _codes(subject, "ParticipantObjectIDTypeCode") == ["12"]
+    raw = b"".join(receiver.messages)
+    assert viewer.encode() not in raw and gone.encode() not in raw and b"not-a-real-token" not in raw
+
+
+def test_refused_association_is_a_node_authentication_alert(service: ArchiveService, receiver: SyslogReceiver,
+                                                            ) -> None:
+    if shutil.which("echoscu") is None:
+        pytest.fail("dcmtk is missing: run 'make test', which installs the dcmtk package")
+    srv = start_dicom_server(service, DicomSettings(ae_title=AET, host="127.0.0.1", port=0,
+                                                    allowed_calling_aets=["PACS"]))
+    try:
+        refused = subprocess.run(["echoscu", "-aet", "INTRUDER", "-aec", AET, "127.0.0.1", str(srv.port)],
+                                 capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        allowed = subprocess.run(["echoscu", "-aet", "PACS", "-aec", AET, "127.0.0.1", str(srv.port)],
+                                 capture_output=True, text=True, timeout=60)
+        assert allowed.returncode == 0, allowed.stderr
+    finally:
+        srv.shutdown(grace=2)
+    (alert,) = wait_for(lambda: _of(receiver, "110113"), what="the security alert")
+    assert _codes(alert.xml, "EventIdentification/EventTypeCode") == ["110126"]  # Node Authentication
+    who = _participant(alert, True)
+    assert (who.get("UserID"), who.get("AlternativeUserID"), who.get("NetworkAccessPointID")) == \
+        ("INTRUDER", "AETITLES=INTRUDER", "127.0.0.1")
+    (subject,) = _objects(alert.xml, "2", "13")
+    assert subject.get("ParticipantObjectID") == f"dicom://{service.settings.dicom.ae_title}"
+    desc = subject.find("ParticipantObjectDetail")
+    assert desc is not None and b"allowed_calling_aets" in base64.b64decode(desc.get("value", ""))

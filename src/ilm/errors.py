@@ -75,7 +75,10 @@ class InvalidQuery(IlmError, ValueError):
 
 
 class Unauthenticated(IlmError):
-    """A request without a valid API token; the message says what was wrong with it."""
+    """A request without a valid API token; the message says what was wrong with it.
+    ``token_name``: the name of a known (revoked, expired) token, '' for an unknown one."""
+
+    token_name: str = ""
 
 
 class Forbidden(IlmError):

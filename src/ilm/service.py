@@ -46,6 +46,7 @@ from ilm.access import AccessRecorder
 from ilm.atna.emitter import AuditEmitter
 from ilm.atna.export import ExportReport, export_trail
 from ilm.atna.imports import ImportBatch
+from ilm.atna import messages as atna_messages
 from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.analytics import received_by_month
@@ -62,7 +63,7 @@ from ilm.lifecycle.promote import Promoter
 from ilm.lifecycle.tiering import TIERING_POLICY, tiering_settings
 from ilm.policy import Decision, evaluate, parse_policy
 from ilm.catalog.find import find as find_entities, query_attributes
-from ilm.errors import CatalogError, InvalidQuery
+from ilm.errors import CatalogError, InvalidQuery, Unauthenticated
 from ilm.lifecycle import restore as restore_flow
 from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
@@ -998,9 +999,33 @@ class ArchiveService:
         """Revoke the token with ID ``ref``, or the tokens named ``ref`` (NotFound: none)."""
         return self._tokens.revoke(ref, by=by)
 
-    def authenticate(self, token: str) -> Principal:
-        """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired."""
-        return self._tokens.authenticate(token)
+    def authenticate(self, token: str, *, address: str = "", sign_in: bool = False) -> Principal:
+        """Who presents ``token``: Unauthenticated when it is unknown, revoked or expired.
+
+        A refused token is a failed User Authentication in the DICOM audit messages (from
+        ``address``; named by the token's name when it is known, never by the token). With
+        ``sign_in`` (the dashboard's sign-in), a success is one too; the API's per-request
+        checks are not (one message per request would drown the log)."""
+        try:
+            who = self._tokens.authenticate(token)
+        except Unauthenticated as exc:
+            self.atna.authentication(exc.token_name or "unknown", address, failure=str(exc))
+            raise
+        if sign_in:
+            self.atna.authentication(who.name, address)
+        return who
+
+    def refused(self, who: Principal, need: str, *, address: str = "", subject: str = "") -> None:
+        """A valid token used for what its role does not allow: a Security Alert (Use of
+        Restricted Function) in the DICOM audit messages. The caller answers 403."""
+        self.atna.security_alert(atna_messages.RESTRICTED_FUNCTION, who.name, address, subject=subject,
+                                 failure=f"token {who.name!r} ({who.role.label}) needs {need}")
+
+    def association_refused(self, calling_aet: str, host: str, why: str) -> None:
+        """A DICOM association refused by ``[dicom] allowed_calling_aets/allowed_hosts``: a
+        Security Alert (Node Authentication) in the DICOM audit messages."""
+        self.atna.security_alert(atna_messages.NODE_AUTHENTICATION, calling_aet.strip(), host,
+                                 subject=f"dicom://{self.settings.dicom.ae_title}", failure=why, ae_title=True)
 
     # -- master keys of encrypted tiers (ilm.encryption, docs/security.md) ------------
 

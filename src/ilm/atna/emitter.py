@@ -251,6 +251,25 @@ class AuditEmitter:
         self.submit(m.query(_now(), self.archive, who, m.QueryObject(q.sop_class_uid, q.query, q.transfer_syntax),
                             failure=failure))
 
+    def authentication(self, user: str, address: str = "", *, failure: str = "") -> None:
+        """User Authentication: a sign-in with a token, or a token refused (``failure``: why;
+        never the token itself)."""
+        if not self.enabled:
+            return
+        self.submit(m.user_authentication(_now(), m.Participant(user or "unknown", address=address), self.archive,
+                                          failure=failure))
+
+    def security_alert(self, kind: m.Code, who: str, address: str = "", *, subject: str, failure: str,
+                       ae_title: bool = False) -> None:
+        """Security Alert: a request refused for its role (``RESTRICTED_FUNCTION``) or an
+        association refused for its calling AE title or host (``NODE_AUTHENTICATION``).
+        The queue is bounded: a flood of refusals drops messages (counted), it never blocks."""
+        if not self.enabled:
+            return
+        performer = m.Participant(who or "unknown", address=address,
+                                  alternative_user_id=f"AETITLES={who}" if ae_title else "")
+        self.submit(m.security_alert(_now(), kind, self.archive, performer, subject=subject, failure=failure))
+
     # -- the sender thread -----------------------------------------------------------
 
     def _run(self) -> None:

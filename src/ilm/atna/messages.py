@@ -37,8 +37,9 @@ from ilm.audit import AuditEntry
 __all__ = [
     "Code", "Participant", "StudyObject", "QueryObject", "QueryAudit", "AuditSource", "AuditEvent",
     "APPLICATION_ACTIVITY", "INSTANCES_ACCESSED", "INSTANCES_TRANSFERRED", "STUDY_DELETED", "EXPORT", "IMPORT",
-    "QUERY", "APPLICATION_START", "APPLICATION_STOP",
-    "application_activity", "instances_imported", "instances_transferred", "instances_exported",
+    "QUERY", "APPLICATION_START", "APPLICATION_STOP", "SECURITY_ALERT", "USER_AUTHENTICATION", "LOGIN",
+    "NODE_AUTHENTICATION", "RESTRICTED_FUNCTION",
+    "application_activity", "user_authentication", "security_alert", "instances_imported", "instances_transferred", "instances_exported",
     "instances_accessed", "study_deleted", "query", "from_audit_entry", "to_xml", "is_ip",
 ]
 
@@ -64,8 +65,13 @@ STUDY_DELETED = _dcm("110105", "DICOM Study Deleted")
 EXPORT = _dcm("110106", "Export")
 IMPORT = _dcm("110107", "Import")
 QUERY = _dcm("110112", "Query")
+SECURITY_ALERT = _dcm("110113", "Security Alert")
+USER_AUTHENTICATION = _dcm("110114", "User Authentication")
 APPLICATION_START = _dcm("110120", "Application Start")
 APPLICATION_STOP = _dcm("110121", "Application Stop")
+LOGIN = _dcm("110122", "Login")
+NODE_AUTHENTICATION = _dcm("110126", "Node Authentication")
+RESTRICTED_FUNCTION = _dcm("110132", "Use of Restricted Function")
 ROLE_APPLICATION = _dcm("110150", "Application")
 ROLE_LAUNCHER = _dcm("110151", "Application Launcher")
 ROLE_DESTINATION = _dcm("110152", "Destination Role ID")
@@ -73,6 +79,7 @@ ROLE_SOURCE = _dcm("110153", "Source Role ID")
 STUDY_UID_TYPE = _dcm("110180", "Study Instance UID")
 SOP_CLASS_UID_TYPE = _dcm("110181", "SOP Class UID")
 PATIENT_NUMBER_TYPE = Code("2", "RFC-3881", "Patient Number")
+URI_TYPE = Code("12", "RFC-3881", "URI")
 
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # the query model QIDO-RS mirrors
 
@@ -144,6 +151,7 @@ class AuditEvent:
     studies: tuple[StudyObject, ...] = ()
     query: QueryObject | None = None
     details: tuple[tuple[str, str], ...] = ()  # ParticipantObjectDetail of the study
+    alert_subject: str = ""  # Security Alert: what was asked for (a route, a DICOM service), as a URI
 
     @property
     def study_uids(self) -> list[str]:
@@ -206,6 +214,21 @@ def query(at: datetime, archive: Participant, requestor: Participant, q: QueryOb
     ``failure``: why it could not run (outcome 4)."""
     return AuditEvent(QUERY, "E", at, (_role(requestor, ROLE_SOURCE, True), _role(archive, ROLE_DESTINATION, False)),
                       outcome=4 if failure else 0, outcome_description=failure, query=q)
+
+
+def user_authentication(at: datetime, user: Participant, archive: Participant, *, failure: str = "") -> AuditEvent:
+    """A.5.3.13 User Authentication (action E, type Login): ``user`` presented credentials to
+    ``archive``; ``failure``: why they were refused (outcome 4, minor failure: nothing was let in)."""
+    return AuditEvent(USER_AUTHENTICATION, "E", at, (_role(user, None, True), _role(archive, None, False)),
+                      outcome=4 if failure else 0, outcome_description=failure, type_code=LOGIN)
+
+
+def security_alert(at: datetime, kind: Code, reporter: Participant, performer: Participant, *, subject: str,
+                   failure: str) -> AuditEvent:
+    """A.5.3.11 Security Alert (action E): ``reporter`` (ilm) refused what ``performer`` tried on
+    ``subject``. Outcome 4 (minor failure): the refusal kept the system secure."""
+    return AuditEvent(SECURITY_ALERT, "E", at, (_role(reporter, None, False), _role(performer, None, True)),
+                      outcome=4, outcome_description=failure, type_code=kind, alert_subject=subject)
 
 
 def _role(p: Participant, role: Code | None, requestor: bool) -> Participant:
@@ -308,6 +331,13 @@ def to_xml(ev: AuditEvent, source: AuditSource) -> bytes:
         _study(root, s, ev.details)
         if s.patient_id:
             _patient(root, s)
+    if ev.alert_subject:  # A.5.3.11: the alert subject, a security resource (role 13), named by a URI
+        a = _sub(root, "ParticipantObjectIdentification", {
+            "ParticipantObjectID": ev.alert_subject, "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "13"})
+        _code(a, "ParticipantObjectIDTypeCode", URI_TYPE)
+        if ev.outcome_description:
+            _sub(a, "ParticipantObjectDetail", {"type": "Alert Description", "value": _b64(ev.outcome_description)})
     if ev.query is not None:
         q = _sub(root, "ParticipantObjectIdentification", {
             "ParticipantObjectID": ev.query.sop_class_uid, "ParticipantObjectTypeCode": "2",

@@ -54,7 +54,7 @@ def refusal(settings: DicomSettings, calling_aet: str, host: str) -> str | None:
     return None
 
 
-def _on_requested(event: "Event", settings: DicomSettings) -> None:
+def _on_requested(event: "Event", settings: DicomSettings, on_refused: Callable[[str, str, str], None] | None) -> None:
     assoc = event.assoc
     primitive = assoc.requestor.primitive
     calling = str(getattr(primitive, "calling_ae_title", "") or "")
@@ -63,16 +63,20 @@ def _on_requested(event: "Event", settings: DicomSettings) -> None:
     if why is None:
         return
     log.warning("association from %s@%s rejected: %s", calling.strip(), host, why)
+    if on_refused is not None:
+        on_refused(calling, host, why)  # the audit's Security Alert; never blocks (bounded queue)
     assoc.acse.send_reject(*REJECT_CALLING_AE)
     evt.trigger(assoc, evt.EVT_REJECTED, {})
     assoc.kill()
 
 
-def gate_handlers(settings: DicomSettings) -> list[tuple[Any, Callable[..., None], list[Any]]]:
-    """The pynetdicom handlers that enforce ``settings`` (none when everyone is allowed)."""
+def gate_handlers(settings: DicomSettings, on_refused: Callable[[str, str, str], None] | None = None,
+                  ) -> list[tuple[Any, Callable[..., None], list[Any]]]:
+    """The pynetdicom handlers that enforce ``settings`` (none when everyone is allowed).
+    ``on_refused(calling_aet, host, why)`` is told of every association refused."""
     if not settings.allowed_calling_aets and not settings.allowed_hosts:
         return []
-    return [(evt.EVT_REQUESTED, _on_requested, [settings])]
+    return [(evt.EVT_REQUESTED, _on_requested, [settings, on_refused])]
 
 
 def dicom_tls_context(settings: DicomSettings, resolve: Callable[[str], Path]) -> "ssl.SSLContext | None":

@@ -243,7 +243,7 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
         ae.add_supported_context(model, QUERY_TRANSFER_SYNTAXES)
     batches = ImportBatches(service)  # audit: one Import message per study per association
     handlers: list[Any] = [
-        *gate_handlers(settings),  # allowed calling AE titles and hosts (ilm.dicom.gate)
+        *gate_handlers(settings, service.association_refused),  # allowed calling AE titles and hosts (ilm.dicom.gate)
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [service, batches]),
         (evt.EVT_CONN_CLOSE, batches.close),

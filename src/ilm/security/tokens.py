@@ -90,7 +90,9 @@ class TokenStore:
             state = token_by_hash(conn, token_hash(token))
         verdict = check_token(state, now)
         if isinstance(verdict, str):
-            raise Unauthenticated(verdict)
+            exc = Unauthenticated(verdict)
+            exc.token_name = state.name if state is not None else ""  # for the audit: who, never the token
+            raise exc
         self._touch(verdict, now)
         return verdict
 

@@ -71,13 +71,15 @@ def require(role: str) -> DependsParam:
             if credentials is None or credentials.scheme.lower() != "bearer":
                 raise _refuse(401, "", "an API token is required: 'Authorization: Bearer <token>' (ilm tokens create)")
             service = request.app.state.service
+            client = request.client.host if request.client else ""
             try:
-                who = await run_in_threadpool(service.authenticate, credentials.credentials)
+                who = await run_in_threadpool(service.authenticate, credentials.credentials, address=client)
             except Unauthenticated as exc:
                 _log_refusal(request, 401, str(exc))
                 raise _refuse(401, "invalid_token", str(exc)) from None
             if not who.role.includes(need):
                 _log_refusal(request, 403, f"token {who.name!r} ({who.role.label}) needs {need.label}")
+                service.refused(who, need.label, address=client, subject=f"{request.method} {request.url.path}")
                 raise HTTPException(
                     status_code=403,
                     detail=f"token {who.name!r} has the role {who.role.label}; this needs {need.label} or higher",

@@ -99,7 +99,8 @@ async def login(request: Request, token: str = Form(...), next: str = Form("/"))
     from ilm.errors import Unauthenticated
 
     try:
-        who = await run_in_threadpool(_service(request).authenticate, token.strip())
+        who = await run_in_threadpool(_service(request).authenticate, token.strip(), sign_in=True,
+                                      address=request.client.host if request.client else "")
     except Unauthenticated as exc:
         return _render(request, "login.html", None, "Sign in", "", next=safe_next(next), flash=str(exc),
                        flash_kind="error")

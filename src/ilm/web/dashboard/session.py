@@ -76,7 +76,8 @@ async def visitor(request: Request) -> Principal | None:
     if not token:
         return None
     try:
-        who: Principal = await run_in_threadpool(request.app.state.service.authenticate, token)
+        who: Principal = await run_in_threadpool(request.app.state.service.authenticate, token,
+                                                 address=request.client.host if request.client else "")
     except Unauthenticated:
         return None
     return who
@@ -97,6 +98,8 @@ def page_require(role: str) -> DependsParam:
         if who is None:
             raise LoginRequired(str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
         if not who.role.includes(need):
+            request.app.state.service.refused(who, need.label, address=request.client.host if request.client else "",
+                                              subject=f"{request.method} {request.url.path}")
             raise HTTPException(403, f"{who.name!r} has the role {who.role.label}; this page needs {need.label} or higher")
         request.state.principal = who
         return who
