@@ -205,6 +205,21 @@ class DestinationSettings(_Strict):
 
     host: str
     port: int = Field(ge=1, le=65535)
+    # DICOM over TLS to this AE (C-MOVE sub-associations, Storage Commitment reports; docs/security.md):
+    # its certificate is checked against tls_ca (default: the system's CAs) and must name tls_server_name
+    # (default: host); tls_cert/tls_key: ilm's client certificate, for an AE that asks for one.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+
+    @model_validator(mode="after")
+    def _tls(self) -> "DestinationSettings":
+        _tls_pair(self.tls_cert, self.tls_key)
+        if not self.tls and (self.tls_ca or self.tls_cert or self.tls_server_name):
+            raise ValueError("tls_ca, tls_cert, tls_key and tls_server_name need tls = true")
+        return self
 
 
 class DicomSettings(_Strict):
@@ -391,6 +406,13 @@ maximum_pdu_size = 0    # 0 = unlimited, several times faster for large images
 # tls_cert = "tls/archive.pem"             # DICOM over TLS on port (PEM); tls_key too
 # tls_key = "tls/archive.key"
 # tls_ca = "tls/hospital-ca.pem"           # peers need a client certificate from this CA
+# [dicom.destinations.PACS]                # a C-MOVE destination (and Storage Commitment requester)
+# host = "10.20.0.5"
+# port = 104
+# tls = true                               # DICOM over TLS to it; its certificate checked against tls_ca
+# tls_ca = "tls/hospital-ca.pem"           # (default: the system's CAs) and for the name host
+# tls_cert = "tls/archive-client.pem"      # ilm's client certificate, if PACS asks for one; tls_key too
+# tls_key = "tls/archive-client.key"
 
 [http]
 host = "127.0.0.1"

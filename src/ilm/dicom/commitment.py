@@ -18,8 +18,11 @@ N-ACTION response (``REPORT_GRACE_SECONDS``: a requester that releases
 right away has gone by then); otherwise ilm opens a new association to the
 requester's AE title as configured in ``[dicom.destinations]``, proposing
 the Storage Commitment SOP Class with itself in the SCP role (PS3.4 J.3.3.1.2,
-PS3.7 D.3.3.4). A requester that is not configured gets no report (logged);
-it can ask again, the answer does not change unless copies change.
+PS3.7 D.3.3.4), over TLS when that destination has ``tls = true``
+(``ilm.dicom.outgoing``: its certificate verified). A requester that is not
+configured, or cannot be reached, gets no report (logged, with the reason a
+TLS handshake failed); it can ask again, the answer does not change unless
+copies change.
 
 N-ACTION statuses: 0x0000 accepted; 0x0123 No such action (action type other
 than 1); 0x0115 Invalid argument value (no Transaction UID or no Referenced
@@ -38,6 +41,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
+from ilm.dicom.outgoing import DestinationTls, destination_tls
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -101,8 +105,8 @@ def _item(sop_class: str, sop_uid: str, reason: int | None = None) -> Dataset:
     return ds
 
 
-def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSettings, requester: str,
-             transaction_uid: str, pairs: list[tuple[str, str]]) -> None:
+def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSettings,
+             tls: dict[str, DestinationTls], requester: str, transaction_uid: str, pairs: list[tuple[str, str]]) -> None:
     """Send the report: on the requester's association if still open, else on a new one."""
     try:
         event_type, info = commitment_report(service, transaction_uid, pairs, settings.ae_title)
@@ -130,10 +134,15 @@ def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSet
     ae = AE(ae_title=settings.ae_title)
     ae.add_requested_context(StorageCommitmentPushModel)
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    out = ae.associate(dest.host, dest.port, ae_title=requester, ext_neg=[role], max_pdu=settings.maximum_pdu_size)
+    secure = tls.get(requester)  # [dicom.destinations.X] tls (ilm.dicom.outgoing)
+    started = time.monotonic()
+    out = ae.associate(dest.host, dest.port, ae_title=requester, ext_neg=[role], max_pdu=settings.maximum_pdu_size,
+                       tls_args=secure.tls_args if secure is not None else None)
     if not out.is_established:
-        log.error("storage commitment %s: cannot associate with %s at %s:%d; no report sent",
-                  transaction_uid, requester, dest.host, dest.port)
+        failure = secure.context.failure_since(started) if secure is not None else None
+        log.error("storage commitment %s: cannot associate with %s at %s:%d%s; no report sent",
+                  transaction_uid, requester, dest.host, dest.port,
+                  f": TLS handshake failed: {failure}" if failure else "")
         return
     try:
         status, _ = out.send_n_event_report(info, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE)
@@ -143,7 +152,8 @@ def _deliver(assoc: "Association", service: "ArchiveService", settings: DicomSet
         out.release()
 
 
-def handle_commitment_request(event: "Event", service: "ArchiveService", settings: DicomSettings) -> tuple[int, None]:
+def handle_commitment_request(event: "Event", service: "ArchiveService", settings: DicomSettings,
+                              tls: dict[str, DestinationTls]) -> tuple[int, None]:
     """N-ACTION: accept the request, then report from a thread (after our response is sent)."""
     if event.action_type != 1:
         return STATUS_NO_SUCH_ACTION, None
@@ -156,10 +166,12 @@ def handle_commitment_request(event: "Event", service: "ArchiveService", setting
     # The reactor of this association sends our N-ACTION response when this
     # handler returns; a send from another thread waits for the reactor to pause,
     # so the report always follows the response.
-    threading.Thread(target=_deliver, args=(event.assoc, service, settings, requester, txn, pairs),
+    threading.Thread(target=_deliver, args=(event.assoc, service, settings, tls, requester, txn, pairs),
                      name=f"ilm-commitment-{txn[-12:]}", daemon=True).start()
     return STATUS_SUCCESS, None
 
 
 def commitment_handlers(service: "ArchiveService", settings: DicomSettings) -> list[Any]:
-    return [(evt.EVT_N_ACTION, handle_commitment_request, [service, settings])]
+    """The evt_handlers entry (ConfigError: a destination's TLS file is bad)."""
+    return [(evt.EVT_N_ACTION, handle_commitment_request,
+             [service, settings, destination_tls(settings, service.settings.resolve)])]

@@ -26,6 +26,8 @@ Statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4), every failure with an Error Comment:
                                                   "Study is being restored; ready in about N s"
     a tier cannot be read (down, object missing)  0xA702, comment names the tier
     C-MOVE destination not configured             0xA801 Refused: Move Destination unknown
+    C-MOVE destination cannot be reached, or its  0xA702, "TLS to DEST: <reason>" or
+      TLS handshake fails (ilm.dicom.outgoing)    "Cannot associate with DEST at host:port"
     identifier without the keys of its level      0xA900 Identifier does not match SOP Class
     cancelled by the requester (C-CANCEL)         0xFE00 Cancel
 
@@ -40,7 +42,10 @@ sub-operations (no destination yielded) with 0xA801 and no Error Comment.
 status and comment it wants, yields no destination, and a handler of
 ``EVT_DIMSE_SENT`` (bound by the server) rewrites that C-MOVE-RSP before it
 is encoded. So the requester gets, for example, 0xA702 "Study is being
-restored ..." without an association to the destination being opened.
+restored ..." without an association to the destination being opened. The
+same amendment answers a move whose destination could not be associated
+with (pynetdicom's bare 0xA801 again) with 0xA702 and why: a refused TLS
+handshake (the reason its context noted), or no association at all.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
+from collections.abc import Callable
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -65,6 +72,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from ilm.config import DicomSettings
+from ilm.dicom.outgoing import DestinationTls, destination_tls
 from ilm.errors import IlmError, InvalidUID, NotReady, StorageError
 from ilm.models import StudyFilter
 from ilm.readahead import read_ahead
@@ -328,12 +336,28 @@ class ResponseAmendments:
     """Status and Error Comment to put on C-MOVE responses that pynetdicom sends as
     a bare 0xA801 (see the module docstring), keyed by association and message ID."""
 
-    _pending: dict[tuple[int, int], Refusal] = field(default_factory=dict)
+    _pending: dict[tuple[int, int], Refusal | Callable[[], Refusal]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def refuse(self, event: "Event", refusal: Refusal) -> None:
+    def refuse(self, event: "Event", refusal: Refusal | Callable[[], Refusal]) -> None:
         with self._lock:
             self._pending[(id(event.assoc), int(event.request.MessageID or 0))] = refusal
+
+    def if_unreachable(self, event: "Event", name: str, host: str, port: int, tls: DestinationTls | None) -> None:
+        """A destination was yielded: should pynetdicom answer 0xA801 next (the association to it could
+        not be opened), answer 0xA702 with why instead; any other response drops this."""
+        started = time.monotonic()
+
+        def why() -> Refusal:
+            failure = tls.context.failure_since(started) if tls is not None else None
+            if failure is not None:
+                return Refusal(STATUS_CANNOT_PERFORM, f"TLS to {name}: {failure}",
+                               f"C-MOVE destination {name} at {host}:{port}: TLS handshake failed: {failure}")
+            return Refusal(STATUS_CANNOT_PERFORM, f"Cannot associate with {name} at {host}:{port}",
+                           f"C-MOVE destination {name} at {host}:{port}: no association"
+                           + (" (over TLS)" if tls is not None else ""))
+
+        self.refuse(event, why)
 
     def on_sent(self, event: "Event") -> None:
         """EVT_DIMSE_SENT: amend the C-MOVE-RSP a refusal was recorded for."""
@@ -342,9 +366,12 @@ class ResponseAmendments:
             return
         cs = msg.command_set
         with self._lock:
-            refusal = self._pending.pop((id(event.assoc), int(cs.MessageIDBeingRespondedTo)), None)
-        if refusal is None or cs.Status != STATUS_MOVE_DESTINATION_UNKNOWN:
+            pending = self._pending.pop((id(event.assoc), int(cs.MessageIDBeingRespondedTo)), None)
+        if pending is None or cs.Status != STATUS_MOVE_DESTINATION_UNKNOWN:
             return
+        refusal = pending if isinstance(pending, Refusal) else pending()
+        if not isinstance(pending, Refusal):
+            log.warning("C-MOVE failed: %s", refusal)
         from pynetdicom.dsutils import encode
 
         cs.Status = refusal.status
@@ -370,8 +397,8 @@ def _store_contexts(refs: Sequence[Any]) -> list[Any]:
 
 
 def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettings,
-                amendments: ResponseAmendments) -> Iterator[Any]:
-    """C-MOVE: send the matching instances to a configured destination AE."""
+                amendments: ResponseAmendments, tls: dict[str, DestinationTls]) -> Iterator[Any]:
+    """C-MOVE: send the matching instances to a configured destination AE (over TLS when it has ``tls``)."""
     requester = str(event.assoc.requestor.ae_title).strip()
     name = (event.move_destination or "").strip()
     dest = settings.destinations.get(name)
@@ -384,15 +411,21 @@ def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettin
         amendments.refuse(event, exc)
         yield None, None
         return
-    yield dest.host, dest.port, {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size}
+    options: dict[str, Any] = {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size}
+    secure = tls.get(name)
+    if secure is not None:
+        options["tls_args"] = secure.tls_args
+    amendments.if_unreachable(event, name, dest.host, dest.port, secure)
+    yield dest.host, dest.port, options
     yield from _send(event, service, plan, "c-move")
 
 
 def retrieve_handlers(service: "ArchiveService", settings: DicomSettings) -> list[Any]:
-    """The evt_handlers entries of the retrieve services."""
+    """The evt_handlers entries of the retrieve services (ConfigError: a destination's TLS file is bad)."""
     amendments = ResponseAmendments()
+    tls = destination_tls(settings, service.settings.resolve)
     return [
         (evt.EVT_C_GET, handle_get, [service, settings]),
-        (evt.EVT_C_MOVE, handle_move, [service, settings, amendments]),
+        (evt.EVT_C_MOVE, handle_move, [service, settings, amendments, tls]),
         (evt.EVT_DIMSE_SENT, amendments.on_sent),
     ]

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ilm.errors import ConfigError
 
-__all__ = ["server_context", "check_pair", "https_options"]
+__all__ = ["server_context", "client_context", "ClientContext", "check_pair", "https_options"]
 
 
 class _LazyHandshake(ssl.SSLContext):
@@ -59,6 +60,57 @@ def server_context(cert: Path, key: Path, ca: Path | None, section: str) -> ssl.
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
+
+class _RecordingSocket(ssl.SSLSocket):
+    """A client socket whose failed handshake is noted on its context (``ClientContext.failure``)."""
+
+    def connect(self, address: Any) -> None:
+        try:
+            super().connect(address)
+        except ssl.SSLError as exc:
+            ctx = self.context
+            if isinstance(ctx, ClientContext):
+                ctx.note_failure(exc)
+            raise
+
+
+class ClientContext(ssl.SSLContext):
+    """A client context that remembers why its last handshake failed, for the status a peer is
+    answered with (the library that connects only logs it)."""
+
+    sslsocket_class = _RecordingSocket
+    last_failure: tuple[float, str] | None = None
+
+    def note_failure(self, exc: ssl.SSLError) -> None:
+        why = getattr(exc, "verify_message", "") or exc.reason or str(exc)
+        self.last_failure = (time.monotonic(), str(why))
+
+    def failure_since(self, t: float) -> str | None:
+        """Why a handshake failed at or after ``t`` (time.monotonic), if one did."""
+        last = self.last_failure
+        return last[1] if last is not None and last[0] >= t else None
+
+
+def client_context(ca: Path | None, cert: Path | None, key: Path | None, section: str) -> ClientContext:
+    """A client context with TLS 1.2 or later that checks the server's certificate against ``ca``
+    (None: the system's CAs) and its name; with ``cert``/``key``, a client certificate to present.
+    ConfigError naming the key ``section.tls_*`` and the file for one that is missing or not PEM."""
+    ctx = ClientContext(ssl.PROTOCOL_TLS_CLIENT)  # verify_mode CERT_REQUIRED, check_hostname on
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
+    try:
+        if ca is not None:
+            ctx.load_verify_locations(cafile=str(_file(ca, f"{section}.tls_ca")))
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"key '{section}.tls_ca': {ca}: not a PEM CA certificate ({exc.reason or exc})") from None
+    if cert is not None and key is not None:
+        try:
+            ctx.load_cert_chain(_file(cert, f"{section}.tls_cert"), _file(key, f"{section}.tls_key"))
+        except ssl.SSLError as exc:
+            raise ConfigError(f"keys '{section}.tls_cert'/'{section}.tls_key': {cert}, {key}: "
+                              f"not a PEM certificate and its private key ({exc.reason or exc})") from None
+    return ctx
 
 
 def https_options(cert: str, key: str, resolve: Callable[[str], Path]) -> dict[str, str]:
