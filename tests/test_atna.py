@@ -645,3 +645,23 @@ def test_refused_association_is_a_node_authentication_alert(service: ArchiveServ
     assert subject.get("ParticipantObjectID") == f"dicom://{service.settings.dicom.ae_title}"
     desc = subject.find("ParticipantObjectDetail")
     assert desc is not None and b"allowed_calling_aets" in base64.b64decode(desc.get("value", ""))
+
+
+def test_wado_read_with_a_token_names_the_token_and_the_address(service: ArchiveService, receiver: SyslogReceiver,
+                                                                pydicom_test_files: Path, tmp_path: Path) -> None:
+    """With authentication on, a WADO-RS reader is named by its API token's name (and its address),
+    in the audit message and in the access log, so that a read can be traced to a system."""
+    service.import_paths(_files(pydicom_test_files, tmp_path / "in", {STUDY_A: ("PAT-A", 1)}))
+    _, token = service.token_create("viewer-ws3", "viewer", expires=None, by="test")
+    with serve(create_app(service)) as base:
+        r = httpx.get(f"{base}/dicomweb/studies/{STUDY_A}", timeout=60, headers={
+            "Accept": 'multipart/related; type="application/dicom"', "Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+    (rec,) = wait_for(lambda: _of(receiver, "110104"), what="an instances-transferred message")
+    dest = _participant(rec, True)
+    assert (dest.get("UserID"), dest.get("NetworkAccessPointID")) == ("token:viewer-ws3", "127.0.0.1")
+    assert _codes(dest, "RoleIDCode") == ["110152"]
+    service.access.flush()
+    with service.catalog.read() as conn:
+        rows = conn.exec_driver_sql("SELECT interface, who FROM access_log").fetchall()
+    assert [tuple(r) for r in rows] == [("wado-rs", "token:viewer-ws3")]

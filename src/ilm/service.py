@@ -455,10 +455,12 @@ class ArchiveService:
                     finally:
                         self._restore_lock.release()
 
-    def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0) -> None:
-        """Record a retrieval (not a query); written to the catalog in batches."""
+    def note_access(self, study_uid: str, interface: str, who: str = "", instances: int = 0, *,
+                    address: str = "") -> None:
+        """Record a retrieval (not a query); written to the catalog in batches. ``who``: a calling
+        AE title, a client's address, or a name (``token:NAME``) with the client's ``address``."""
         self.access.note(study_uid, interface, who, instances)
-        self.atna.retrieved(study_uid, interface, who, instances)  # Instances Transferred / Export message
+        self.atna.retrieved(study_uid, interface, who, instances, address=address)  # Instances Transferred / Export
         self.promotions.on_read(study_uid, interface, who)  # queued for the promotion worker, never waits
 
     def export(self, study_uids: Iterable[str], to: Path, *, dicomdir: bool = False, as_zip: bool = False,

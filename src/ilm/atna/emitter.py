@@ -64,6 +64,7 @@ class Retrieval:
     interface: str
     who: str
     instances: int
+    address: str = ""  # the requester's address when ``who`` is a name (an API token's), not an AE title or IP
 
 
 class _Spool:
@@ -239,8 +240,8 @@ class AuditEmitter:
                             alternative_user_id=f"AETITLES={sender}" if ae_title else "")
         return ImportBatch(self._put_all, self.archive, who, clock=_now)
 
-    def retrieved(self, study_uid: str, interface: str, who: str, instances: int) -> None:
-        self.submit(Retrieval(_now(), study_uid, interface, who, instances))
+    def retrieved(self, study_uid: str, interface: str, who: str, instances: int, *, address: str = "") -> None:
+        self.submit(Retrieval(_now(), study_uid, interface, who, instances, address))
 
     def queried(self, q: m.QueryAudit, *, failure: str = "") -> None:
         """A query (C-FIND, QIDO-RS) that ran, or failed for ``failure`` (outcome 4: minor failure)."""
@@ -329,8 +330,11 @@ class AuditEmitter:
 
     def _retrieval_event(self, r: Retrieval, study: m.StudyObject) -> m.AuditEvent:
         ip = m.is_ip(r.who)
-        who = m.Participant(r.who or "unknown", address=r.who if ip else "",
-                            alternative_user_id="" if ip or not r.who else f"AETITLES={r.who}")
+        if r.address:  # a named requester (an API token's name) and where it called from
+            who = m.Participant(r.who or "unknown", address=r.address)
+        else:  # an IP address, or a calling AE title
+            who = m.Participant(r.who or "unknown", address=r.who if ip else "",
+                                alternative_user_id="" if ip or not r.who else f"AETITLES={r.who}")
         if r.interface == "export":
             return m.instances_exported(r.at, self.archive, who, study)
         if r.interface == "wado-rs-metadata":  # attributes read, no instance sent

@@ -53,7 +53,7 @@ from starlette.concurrency import run_in_threadpool
 from ilm.errors import IlmError, NotReady, StorageError
 from ilm.readahead import read_ahead
 from ilm.service import ArchiveService
-from ilm.web.auth import require
+from ilm.web.auth import principal, require
 
 __all__ = ["router", "acceptable_syntaxes", "NotAcceptable", "dataset_json"]
 
@@ -133,8 +133,12 @@ def _json_accepted(accept: str | None) -> bool:
     return any(mt in (DICOM_JSON, "application/json", "application/*", "*/*") for mt, _ in _split_ranges(accept))
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "?"
+def _caller(request: Request) -> tuple[str, str]:
+    """Who reads, for the access log and the audit: the API token's name (``token:NAME``) and the
+    client's address when authentication is on, else the address alone."""
+    address = request.client.host if request.client else "?"
+    who = principal(request)
+    return (who.who, address) if who.token_id is not None else (address, "")
 
 
 def _service(request: Request) -> ArchiveService:
@@ -196,7 +200,7 @@ def _read(service: ArchiveService, refs: list[Any], ref: Any) -> bytes:
 
 
 def _prepare_retrieve(service: ArchiveService, study: str, series: str | None, sop: str | None,
-                      syntaxes: set[str] | None, who: str) -> tuple[list[Any], bytes]:
+                      syntaxes: set[str] | None, who: tuple[str, str]) -> tuple[list[Any], bytes]:
     refs = _resolve(service, study, series, sop)
     if syntaxes is not None:
         refused = sorted({r.transfer_syntax_uid for r in refs} - syntaxes)
@@ -204,7 +208,7 @@ def _prepare_retrieve(service: ArchiveService, study: str, series: str | None, s
             raise _Unavailable(_error(406, f"stored in transfer syntax {', '.join(refused)}, not in the Accept "
                                            "header; ilm sends instances as stored (ask for transfer-syntax=*)"))
     first = _read(service, refs, refs[0])
-    service.note_access(study, "wado-rs", who, len(refs))
+    service.note_access(study, "wado-rs", who[0], len(refs), address=who[1])
     return refs, first
 
 
@@ -258,7 +262,7 @@ async def _retrieve(request: Request, study: str, series: str | None = None, sop
     except NotAcceptable as exc:
         return _error(406, str(exc))
     try:
-        refs, first = await run_in_threadpool(_prepare_retrieve, service, study, series, sop, syntaxes, _client(request))
+        refs, first = await run_in_threadpool(_prepare_retrieve, service, study, series, sop, syntaxes, _caller(request))
     except _Unavailable as exc:
         return exc.response
     boundary = uuid.uuid4().hex
@@ -322,14 +326,15 @@ async def _metadata_response(request: Request, study: str, series: str | None = 
     except _Unavailable as exc:
         return exc.response
     # Patient data was read: audited (Instances Accessed), though not an access that steers tiering.
-    service.atna.retrieved(study, "wado-rs-metadata", _client(request), len(body))
+    who, address = _caller(request)
+    service.atna.retrieved(study, "wado-rs-metadata", who, len(body), address=address)
     return DicomJSONResponse(body)
 
 
 # -- bulk data --------------------------------------------------------------------
 
 
-def _bulkdata(service: ArchiveService, study: str, series: str, sop: str, tag: str, who: str) -> bytes:
+def _bulkdata(service: ArchiveService, study: str, series: str, sop: str, tag: str, who: tuple[str, str]) -> bytes:
     refs = _resolve(service, study, series, sop)
     try:
         t = int(tag, 16)
@@ -341,7 +346,7 @@ def _bulkdata(service: ArchiveService, study: str, series: str, sop: str, tag: s
     value = ds[t].value
     if not isinstance(value, (bytes, bytearray)):
         raise _Unavailable(_error(404, f"attribute {tag} of instance {sop} is not bulk data"))
-    service.note_access(study, "wado-rs", who, 1)
+    service.note_access(study, "wado-rs", who[0], 1, address=who[1])
     return bytes(value)
 
 
@@ -386,7 +391,7 @@ async def instance_metadata(study: str, series: str, sop: str, request: Request)
 async def retrieve_bulkdata(study: str, series: str, sop: str, tag: str, request: Request) -> Response:
     """WADO-RS: the value of one top-level binary attribute (a BulkDataURI of the metadata)."""
     try:
-        value = await run_in_threadpool(_bulkdata, _service(request), study, series, sop, tag, _client(request))
+        value = await run_in_threadpool(_bulkdata, _service(request), study, series, sop, tag, _caller(request))
     except _Unavailable as exc:
         return exc.response
     boundary = uuid.uuid4().hex
