@@ -30,7 +30,7 @@ from ilm.catalog import Catalog
 from ilm.catalog.queries import archive_summary, find_instance, instance_locations, list_studies, location_exists, study_detail
 from ilm.catalog.records import record_conflict, record_instance
 from ilm.config import Settings
-from ilm.dicom.parse import dataset_bytes, part10_bytes, read_instance
+from ilm.dicom.parse import FileMeta, dataset_bytes, part10_bytes, read_instance
 from ilm.errors import (
     IlmError, IntegrityError, NothingToApply, NotFound, NotReady, ObjectNotFound, RejectedInstance, StorageError,
     TierFull,
@@ -226,7 +226,7 @@ class ArchiveService:
             )
         return self._store(facts, blob, source)
 
-    def ingest_dataset(self, file_meta: Dataset, dataset: bytes, source: str, *,
+    def ingest_dataset(self, file_meta: FileMeta | Dataset, dataset: bytes, source: str, *,
                        batch: ImportBatch | None = None) -> IngestResult:
         """Store one dataset as a C-STORE delivers it: its file meta and encoded bytes."""
         try:

@@ -31,13 +31,17 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import (
+    ALL_TRANSFER_SYNTAXES, AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts, evt,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
 from ilm.dicom.find import FIND_MODELS, QUERY_TRANSFER_SYNTAXES, handle_find
 from ilm.dicom.commitment import commitment_handlers
 from ilm.dicom.gate import dicom_tls_context, gate_handlers
+from ilm.dicom.parse import FileMeta
 from ilm.dicom.retrieve import RETRIEVE_SOP_CLASSES, retrieve_handlers
 from ilm.models import IngestResult, IngestStatus
 
@@ -164,7 +168,12 @@ def handle_store(event: "Event", service: "ArchiveService", batches: ImportBatch
     try:
         raw = request.DataSet  # the dataset as received, in the negotiated transfer syntax
         data = raw.getvalue() if isinstance(raw, BytesIO) else bytes(raw or b"")
-        result = service.ingest_dataset(event.file_meta, data, _source(event),
+        # The file meta from the request itself (what pynetdicom's event.file_meta holds, without
+        # building a pydicom Dataset for it: that alone cost a tenth of a millisecond per instance).
+        meta = FileMeta(str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+                        str(event.context.transfer_syntax), PYNETDICOM_IMPLEMENTATION_UID,
+                        PYNETDICOM_IMPLEMENTATION_VERSION)
+        result = service.ingest_dataset(meta, data, _source(event),
                                         batch=batches.of(event) if batches is not None else None)
     except Exception as exc:  # never let one request take the server down
         log.exception("C-STORE handler failed")
