@@ -506,6 +506,85 @@ def test_sigkill_during_process_restores_leaves_no_orphans(home: Path, catalog_u
         s.close()
 
 
+@pytest.mark.slow
+def test_a_restore_another_process_is_copying_is_left_to_it(home: Path, catalog_url: str, pydicom_test_files: Path,
+                                                           tmp_path: Path) -> None:
+    """Two workers (``ilm serve``'s and an ``ilm recall --wait``) never copy the same restore at
+    once: while a live process holds the lease, another run leaves the restore to it and removes
+    nothing it wrote; when that process is killed, the next run takes over at once (same host:
+    the owner's process is gone) and adopts what was written."""
+    settings = _settings(home, catalog_url, latency=0.2)
+    s = ArchiveService.open(settings)
+    proc = None
+    try:
+        uid, blobs = _archived_study(s, pydicom_test_files / "CT_small.dcm", tmp_path, n=20, study=30)
+        s.recall([uid], "t")
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(home), "5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"copying"
+        assert proc.stdout.readline().strip() == b"stuck"  # alive, holding the lease, 5 copies written
+        written = set(s.tier("hot").keys())
+        assert written
+        s.clock = lambda: datetime.now(timezone.utc) + timedelta(seconds=5)
+        report = s.process_restores()
+        assert report.completed == [] and report.failed == [] and report.waiting == [uid]
+        assert written <= set(s.tier("hot").keys())  # nothing of the live worker's was removed
+        with s.catalog.read() as conn:
+            owner, state = conn.execute(sa.text("SELECT lease_owner, state FROM restores")).one()
+        assert owner.split(":")[1] == str(proc.pid) and state == "restoring"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        report = s.process_restores()
+        assert report.completed == [uid] and not report.failed
+        assert set(s.tier("hot").keys()) == _catalogued_keys(s, "hot")
+        assert _read_all(s, uid) == blobs
+        with s.catalog.read() as conn:
+            assert conn.execute(sa.text("SELECT lease_owner, lease_until FROM restores")).one() == ("", None)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        s.close()
+
+
+def test_a_lease_from_another_host_holds_until_it_lapses(svc: ArchiveService, pydicom_test_files: Path,
+                                                         tmp_path: Path) -> None:
+    """A worker on another host cannot be asked whether it runs: its lease holds until its time."""
+    clock = svc.clock = Clock()
+    uid, blobs = _archived_study(svc, pydicom_test_files / "CT_small.dcm", tmp_path)
+    svc.recall([uid], "t")
+    clock.advance(seconds=2)
+    now = clock()
+
+    def lease(until: datetime) -> None:
+        with svc.catalog.write() as conn:
+            conn.execute(sa.text("UPDATE restores SET state = 'restoring', lease_owner = 'archive-node-2:4242:ab12', "
+                                 "lease_until = :u"), {"u": until})
+
+    lease(now + timedelta(minutes=5))
+    report = svc.process_restores()
+    assert report.waiting == [uid] and report.completed == []
+    assert not _catalogued_keys(svc, "hot") and not set(svc.tier("hot").keys())
+    lease(now - timedelta(seconds=1))  # lapsed: that worker stopped renewing it
+    report = svc.process_restores()
+    assert report.completed == [uid]
+    assert _read_all(svc, uid) == blobs
+
+
+def test_lease_owner_liveness() -> None:
+    from ilm.lifecycle.lease import new_owner, owner_alive
+
+    me = new_owner()
+    assert owner_alive(me) and me != new_owner()  # each claim is its own owner
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = me.rsplit(":", 2)[0]
+    assert not owner_alive(f"{host}:{gone.pid}:x")  # this host, process gone
+    assert owner_alive(f"another-host:{gone.pid}:x")  # elsewhere: only the lease's time decides
+    assert owner_alive("not an owner id")
+
+
 # -- S3 as the archive store -----------------------------------------------------------
 
 

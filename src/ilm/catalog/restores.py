@@ -10,7 +10,7 @@ never lets a reader pick a copy that is being removed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -33,6 +33,9 @@ __all__ = [
     "list_restores",
     "insert_restore",
     "set_restore_state",
+    "claim_restore",
+    "renew_lease",
+    "release_lease",
     "extend_restore",
     "due_restores",
     "restore_items",
@@ -136,6 +139,38 @@ def set_restore_state(conn: Connection, restore_id: int, state: str, *, from_sta
     if from_states is not None:
         q = q.where(restores.c.state.in_(list(from_states)))
     return conn.execute(q.values(**values)).rowcount > 0
+
+
+def claim_restore(conn: Connection, restore_id: int, owner: str, now: datetime, until: datetime,
+                  owner_alive: Callable[[str], bool]) -> bool:
+    """Take the lease of a due restore for ``owner`` until ``until`` and mark it 'restoring';
+    False when it is not due any more or another worker's lease is live: not lapsed
+    (``lease_until`` after ``now``) and its owner alive (``owner_alive``). A compare-and-set
+    on the previous owner, so that of two workers claiming at once exactly one wins."""
+    r = conn.execute(select(restores.c.state, restores.c.lease_owner, restores.c.lease_until)
+                     .where(restores.c.id == restore_id)).first()
+    if r is None or r.state not in _PENDING:
+        return False
+    held_until = aware(r.lease_until)
+    if r.lease_owner and r.lease_owner != owner and held_until is not None and held_until > now \
+            and owner_alive(r.lease_owner):
+        return False
+    q = (update(restores).where(restores.c.id == restore_id, restores.c.state.in_(_PENDING),
+                                restores.c.lease_owner == r.lease_owner)
+         .values(state="restoring", lease_owner=owner[:128], lease_until=until))
+    return conn.execute(q).rowcount > 0
+
+
+def renew_lease(conn: Connection, restore_id: int, owner: str, until: datetime) -> bool:
+    """Extend ``owner``'s lease; False when it is not the owner any more (taken over)."""
+    q = update(restores).where(restores.c.id == restore_id, restores.c.lease_owner == owner[:128])
+    return conn.execute(q.values(lease_until=until)).rowcount > 0
+
+
+def release_lease(conn: Connection, restore_id: int, owner: str) -> None:
+    """Give the lease up (done, failed, or left for a later run)."""
+    conn.execute(update(restores).where(restores.c.id == restore_id, restores.c.lease_owner == owner[:128])
+                 .values(lease_owner="", lease_until=None))
 
 
 def extend_restore(conn: Connection, row: RestoreRow, expires_at: datetime) -> None:

@@ -329,6 +329,9 @@ restores = Table(
     Column("completed_at", TS),
     Column("expires_at", TS),
     Column("detail", Text, nullable=False, server_default=""),
+    # migration 0014: the worker copying it ("host:pid:nonce") and until when, renewed while it copies
+    Column("lease_owner", String(128), nullable=False, server_default=""),
+    Column("lease_until", TS),
     Index("ix_restores_study", "study_uid"),
     Index("ix_restores_state", "state"),
 )

@@ -30,11 +30,14 @@ completion, failure and drop is audited.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from ilm.catalog import Catalog
 from ilm.catalog.access import instance_refs
@@ -59,13 +62,22 @@ from ilm.catalog.restores import (
     retire_copies,
     set_restore_state,
     target_rows,
+    claim_restore,
+    renew_lease,
+    release_lease,
 )
 from ilm.config import Settings
 from ilm.errors import ConfigError, IlmError, IntegrityError, NotFound, NotReady, StorageError
-from ilm.lifecycle import worm
+from ilm.lifecycle import lease, worm
 from ilm.lifecycle.limits import RateLimiter
 from ilm.lifecycle.move import _copy_one
 from ilm.storage import ObjectExists, Tier
+
+log = logging.getLogger(__name__)
+
+# A worker's claim on a restore lapses this long after its last renewal (renewed every third
+# of it while copying). On the same host, a dead owner's claim is void at once (ilm.lifecycle.lease).
+LEASE_SECONDS = 600.0
 
 __all__ = [
     "RestoreStatus",
@@ -345,14 +357,58 @@ def _clean_up(catalog: Catalog, dst: Tier, items: list[RestoreItem]) -> None:
                 pass  # unreachable: a later successful restore adopts it
 
 
+class _Lease:
+    """This run's lease on one restore: claimed before copying, renewed while copying,
+    checked in the transaction that records the copies, released at the end."""
+
+    def __init__(self, catalog: Catalog, restore_id: int, now: datetime) -> None:
+        self.catalog, self.id, self.now = catalog, restore_id, now
+        self.owner = lease.new_owner()
+        self._started = self._renewed = time.monotonic()
+
+    def until(self) -> datetime:
+        return self.now + timedelta(seconds=LEASE_SECONDS + time.monotonic() - self._started)
+
+    def claim(self) -> bool:
+        with self.catalog.write() as conn:
+            return claim_restore(conn, self.id, self.owner, self.now, self.until(), lease.owner_alive)
+
+    def renew(self, conn: Any = None, *, force: bool = False) -> bool:
+        """Still ours? Renewed every third of the lease (always with ``force``)."""
+        if not force and time.monotonic() - self._renewed < LEASE_SECONDS / 3:
+            return True
+        self._renewed = time.monotonic()
+        if conn is not None:
+            return renew_lease(conn, self.id, self.owner, self.until())
+        with self.catalog.write() as c:
+            return renew_lease(c, self.id, self.owner, self.until())
+
+    def release(self) -> None:
+        try:
+            with self.catalog.write() as conn:
+                release_lease(conn, self.id, self.owner)
+        except IlmError as exc:  # the lease lapses by itself
+            log.warning("could not release the lease of restore %d: %s", self.id, exc)
+
+
 def _complete(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier], row: RestoreRow, now: datetime,
               workers: int, report: RestoreReport) -> None:
     if row.archive_tier not in settings.tiers or row.target_tier not in settings.tiers:
         _fail(catalog, row, f"tier {row.archive_tier!r} or {row.target_tier!r} is no longer configured", now)
         report.failed.append((row.study_uid, "tier no longer configured"))
         return
-    with catalog.write() as conn:
-        set_restore_state(conn, row.id, "restoring", from_states=("requested",))
+    held = _Lease(catalog, row.id, now)
+    if not held.claim():  # another worker (this process or another) is copying it
+        report.waiting.append(row.study_uid)
+        return
+    try:
+        _copy_restore(catalog, settings, tiers, row, now, workers, report, held)
+    finally:
+        held.release()
+
+
+def _copy_restore(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier], row: RestoreRow,
+                  now: datetime, workers: int, report: RestoreReport, held: _Lease) -> None:
     with catalog.read() as conn:
         items, busy = restore_items(conn, row.study_uid, archive_tiers(settings), row.target_tier, now)
     if busy:
@@ -367,6 +423,7 @@ def _complete(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier]
         return
     good: list[tuple[RestoreItem, str, int]] = []
     errors: list[str] = []
+    lost = False
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = [(it, pool.submit(_restore_one, it, srcs[it.tier], dst)) for it in items]
         for it, fut in futures:
@@ -375,6 +432,16 @@ def _complete(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier]
                 good.append((it, sha, size))
             except StorageError as exc:
                 errors.append(f"{it.sop_uid}: {exc}")
+            if not lost and not held.renew():
+                lost = True  # taken over after our lease lapsed: stop, leave the work to the new owner
+                for _it, f in futures:
+                    f.cancel()
+    if lost:
+        # What was written stays: the new owner adopts it (same bytes, verified). Cleaning up
+        # here could delete copies the new owner has just written.
+        log.warning("restore %d of %s: lease lost to another worker; left to it", row.id, row.study_uid)
+        report.waiting.append(row.study_uid)
+        return
     if errors:
         _clean_up(catalog, dst, items)
         reason = errors[0] + (f" (and {len(errors) - 1} more instances)" if len(errors) > 1 else "")
@@ -386,6 +453,9 @@ def _complete(catalog: Catalog, settings: Settings, tiers: Callable[[str], Tier]
     if lock is not None:  # restored onto a WORM tier: the copy cannot go before its lock ends
         expires = max(expires, lock[1])
     with catalog.write() as conn:
+        if not held.renew(conn, force=True):  # checked in the transaction that records the copies
+            report.waiting.append(row.study_uid)
+            return
         record_restored(conn, good, row.target_tier, now, expires, lock)
         if set_restore_state(conn, row.id, "ready", from_states=("requested", "restoring"), completed_at=now,
                              expires_at=expires, detail=""):
