@@ -13,6 +13,7 @@ the model.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -20,7 +21,6 @@ from typing import Any
 from ilm.catalog import Catalog
 from ilm.catalog import analytics as q
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.plans import tier_bytes
 from ilm.config import Settings
 from ilm.cost import shaping
 from ilm.cost.model import TierPrice, monthly_storage_cost
@@ -102,71 +102,85 @@ def _hottest(study: StudyFacts, order: list[str]) -> str | None:
     return on[0] if on else (study.tiers[0] if study.tiers else None)
 
 
+def _aggregates(catalog: Catalog, today: date) -> tuple[list[q.CostGroup], dict[str, int], list[tuple[int, int, int]]]:
+    """The catalog's side of a projection: one grouped pass over the studies and the reads by age
+    (each on its own connection, so that both run while the sample is simulated)."""
+    now = _midnight(today)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilm-cost") as pool:
+        def read_ages() -> list[tuple[int, int, int]]:
+            with catalog.read() as conn:
+                return q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
+
+        reads = pool.submit(read_ages)
+        with catalog.read() as conn:
+            groups, on_tiers = q.cost_groups(conn, today=today, bounds_months=AGE_BUCKETS,
+                                             months_since=_midnight(date(today.year - 3, 1, 1)))
+        return groups, on_tiers, reads.result()
+
+
 def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicySource], *, today: date,
                 opts: CostOptions = CostOptions()) -> dict[str, Any]:
     """Current monthly cost and a projection over ``opts.years`` years: keep everything on the
-    first tier (the baseline), the archive as it is, and each policy; savings against the baseline."""
+    first tier (the baseline), the archive as it is, and each policy; savings against the baseline.
+
+    The catalog is read in two passes (:func:`_aggregates`: the studies grouped by tier, age and
+    month received; the reads by study age) on other threads while the sample's paths are simulated
+    with the pure evaluator (the database leaves Python's lock while it counts)."""
     prices = prices_of(settings)
     order = list(settings.tiers)
     first, ingest = order[0], settings.ingest_tier
     now = _midnight(today)
-    with catalog.read() as conn:
-        months = q.received_by_month(conn, _midnight(date(today.year - 3, 1, 1)))
-        held = q.held_by_age(conn, today, AGE_BUCKETS)
-        on_tiers = tier_bytes(conn)
-        studies_total = sum(n for _k, n, _i, _b in held)
-        reads = q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
-        uids = q.sample_study_uids(conn, opts.sample)
-        fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365),
-                                    candidates=opts.templates * 40)
-        inputs = load_policy_inputs(conn, list(dict.fromkeys(uids + fresh)))
+    months_n = opts.years * 12
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilm-cost") as pool:
+        counted = pool.submit(_aggregates, catalog, today)
+        with catalog.read() as conn:
+            uids = q.sample_study_uids(conn, opts.sample)
+            fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365),
+                                        candidates=opts.templates * 40)
+            inputs = load_policy_inputs(conn, list(dict.fromkeys(uids + fresh)))
+        facts = {s.study_uid: s for s in inputs.studies}
+        sample = [(s, tier) for s in (facts[u] for u in uids if u in facts) if (tier := _hottest(s, order))]
+        recent = [reborn(s, inputs.patients.get(s.patient_key), today) for s in (facts[u] for u in fresh if u in facts)]
+        # each scenario's path of every sampled study (existing) and of every recent arrival (new data)
+        paths: list[tuple[str, str, str, list[tuple[Segment, ...]], list[tuple[Segment, ...]]]] = [
+            ("baseline", "", f"keep everything on {first}", [(Segment(0, first),)] * len(sample),
+             [(Segment(0, first),)] * len(recent)),
+            ("as-is", "", "as it is, no policy", [(Segment(0, tier),) for _s, tier in sample],
+             [(Segment(0, ingest),)] * len(recent)),
+        ]
+        for src in policies:
+            pol, grows = src.policy, monotone(src.policy)
+            paths.append(("policy", src.path, pol.name,
+                          [path_of(pol, s, inputs.patients.get(s.patient_key), tier, today, months_n, grows=grows)
+                           for s, tier in sample],
+                          [path_of(pol, s2, p2, ingest, today, months_n, grows=grows) for s2, p2 in recent]))
+        groups, on_tiers, reads = counted.result()
+    held = [(k, sum(g.studies for g in groups if g.age_bucket == k), sum(g.instances for g in groups if g.age_bucket == k),
+             sum(g.size_bytes for g in groups if g.age_bucket == k)) for k in range(len(AGE_BUCKETS) + 1)]
+    by_month: dict[str, list[int]] = {}
+    for g in groups:
+        if g.month:
+            acc = by_month.setdefault(g.month, [0, 0])
+            acc[0] += g.studies
+            acc[1] += g.size_bytes
+    months = [(m, n, b) for m, (n, b) in sorted(by_month.items())]
+    studies_total = sum(g.studies for g in groups)
     growth, growth_info = _growth(months, today, opts)
     window = READ_WINDOW_DAYS / (365.25 / 12)
     by_bucket = {k: i for k, _n, i in reads}
-    held_inst = {int(k): i for k, _n, i, _b in held}
     profile = read_profile([by_bucket.get(k, 0) for k in range(len(AGE_BUCKETS) + 1)],
-                           [held_inst.get(k, 0) for k in range(len(AGE_BUCKETS) + 1)], window)
-    facts = {s.study_uid: s for s in inputs.studies}
-    sample = [facts[u] for u in uids if u in facts]
-    recent = [facts[u] for u in fresh if u in facts]
+                           [i for _k, _n, i, _b in held], window)
     on_tier_bytes = sum(on_tiers.values())
-    sample_bytes = sum(s.size_bytes for s in sample)
+    sample_bytes = sum(s.size_bytes for s, _t in sample)
     scale = on_tier_bytes / sample_bytes if sample_bytes else 0.0
-    months_n = opts.years * 12
-
-    def scenario(name: str, path: Any, arrive_path: Any) -> Scenario:
-        existing = []
-        for s in sample:
-            tier = _hottest(s, order)
-            if tier is None:
-                continue
-            held_days = (today - s.received_at.date()).days if s.received_at else 0
-            existing.append(Cohort(s.size_bytes * scale, s.instance_count * scale, scale, study_age_months(s, today),
-                                   float(max(0, held_days)), path(s, tier, inputs.patients.get(s.patient_key))))
-        templates = []
-        for s in recent:
-            s2, p2 = reborn(s, inputs.patients.get(s.patient_key), today)
-            templates.append(Cohort(float(s.size_bytes), float(s.instance_count), 1.0, 0, 0.0,
-                                    arrive_path(s2, p2)))
-        return Scenario(name, merge(existing), merge(templates), first_tier=first)
-
-    runs: list[tuple[str, str, Scenario]] = [
-        ("baseline", "", scenario(f"keep everything on {first}", lambda s, tier, p: (Segment(0, first),),
-                                  lambda s, p: (Segment(0, first),))),
-        ("as-is", "", scenario("as it is, no policy", lambda s, tier, p: (Segment(0, tier),),
-                               lambda s, p: (Segment(0, ingest),))),
-    ]
-    for src in policies:
-        pol = src.policy
-        grows = monotone(pol)
-
-        def on(s: StudyFacts, tier: str, p: PatientFacts | None, pol: Any = pol, grows: bool = grows) -> tuple[Segment, ...]:
-            return path_of(pol, s, p, tier, today, months_n, grows=grows)
-
-        def arriving(s: StudyFacts, p: PatientFacts | None, pol: Any = pol, grows: bool = grows) -> tuple[Segment, ...]:
-            return path_of(pol, s, p, ingest, today, months_n, grows=grows)
-
-        runs.append(("policy", src.path, scenario(pol.name, on, arriving)))
+    runs: list[tuple[str, str, Scenario]] = []
+    for kind, source, name, existing_paths, arriving_paths in paths:
+        existing = [Cohort(s.size_bytes * scale, s.instance_count * scale, scale, study_age_months(s, today),
+                           float(max(0, (today - s.received_at.date()).days if s.received_at else 0)), path)
+                    for (s, _t), path in zip(sample, existing_paths)]
+        templates = [Cohort(float(s.size_bytes), float(s.instance_count), 1.0, 0, 0.0, path)
+                     for (s, _p), path in zip(recent, arriving_paths)]
+        runs.append((kind, source, Scenario(name, merge(existing), merge(templates), first_tier=first)))
     projections = [(kind, source, project(sc, prices, years=opts.years, growth=growth, reads=profile))
                    for kind, source, sc in runs]
     as_is = projections[1][2]

@@ -192,3 +192,40 @@ def test_held_by_age_agrees_with_the_grouped_scan(archive: tuple[Path, list[Stud
     assert sum(n for _k, n, _i, _b in held) == len(specs)
     recent = {m["month"]: (m["studies"], m["bytes"]) for m in s["growth"]["by_month"] if m["month"] >= "2025-06"}
     assert {m: (n, b) for m, n, b in months if m >= "2025-06"} == recent
+
+
+def test_cost_groups_agree_with_the_separate_aggregates(archive: tuple[Path, list[StudySpec]]) -> None:
+    # ilm cost reads the studies in one grouped pass (ilm.catalog.analytics.cost_groups); its sums
+    # must be what the separate aggregates (age buckets, months received, bytes per tier) count
+    import sqlalchemy as sa
+
+    from ilm.catalog.analytics import cost_groups, held_by_age, received_by_month
+    from ilm.catalog.plans import tier_bytes
+    from ilm.catalog.schema import studies
+
+    home, specs = archive
+    svc = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        with svc.catalog.write() as conn:  # one study in the middle of a move, one on warm only
+            ids = [i for (i,) in conn.execute(sa.select(studies.c.id).order_by(studies.c.id).limit(2))]
+            conn.execute(sa.update(studies).where(studies.c.id == ids[0]).values(tiers="hot\\warm"))
+            conn.execute(sa.update(studies).where(studies.c.id == ids[1]).values(tiers="warm"))
+        since = datetime(TODAY.year - 3, 1, 1, tzinfo=timezone.utc)
+        with svc.catalog.read() as conn:
+            groups, on_tiers = cost_groups(conn, today=TODAY, bounds_months=AGE_BUCKETS, months_since=since)
+            held = held_by_age(conn, TODAY, AGE_BUCKETS)
+            months = received_by_month(conn, since)
+            exact_tiers = tier_bytes(conn)
+    finally:
+        svc.close()
+    assert [(k, n, i, b) for k, n, i, b in held] == [
+        (k, sum(g.studies for g in groups if g.age_bucket == k), sum(g.instances for g in groups if g.age_bucket == k),
+         sum(g.size_bytes for g in groups if g.age_bucket == k)) for k in range(len(AGE_BUCKETS) + 1)]
+    by_month: dict[str, tuple[int, int]] = {}
+    for g in groups:
+        if g.month:
+            n, b = by_month.get(g.month, (0, 0))
+            by_month[g.month] = (n + g.studies, b + g.size_bytes)
+    assert by_month == {m: (n, b) for m, n, b in months} and len(by_month) > 12
+    assert on_tiers == exact_tiers and set(on_tiers) == {"hot", "warm"}
+    assert sum(g.studies for g in groups) == len(specs)

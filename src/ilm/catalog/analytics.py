@@ -17,12 +17,15 @@ from typing import Any
 
 from sqlalchemy import TIMESTAMP, Date, and_, extract, case, cast, func, literal, or_, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.selectable import Join
 
+from ilm.catalog.plans import _MULTI, _multi_tier_bytes
 from ilm.catalog.schema import access_log, studies
 
 __all__ = [
     "StudyGroup", "study_groups", "received_by_month", "held_by_age", "reads_by_age", "patients_by_study_count", "largest_studies",
-    "sample_study_uids", "SIZE_BUCKETS", "DAYS_PER_MONTH",
+    "sample_study_uids", "SIZE_BUCKETS", "DAYS_PER_MONTH", "CostGroup", "cost_groups",
 ]
 
 DAYS_PER_MONTH = 365.25 / 12
@@ -142,13 +145,9 @@ def held_by_age(conn: Connection, today: date, bounds_months: Sequence[int]) -> 
     """Active studies per age bucket today: (bucket, studies, instances, bytes), from one pass of
     conditional sums (no grouping, nothing to sort) that compare the study's day with each
     bound's day (no date arithmetic per row). Ages as in :func:`study_groups`."""
-    start = _study_date(conn)
     cols: list[Any] = [func.count(), func.coalesce(func.sum(studies.c.instance_count), 0),
                        func.coalesce(func.sum(studies.c.size_bytes), 0)]
-    for m in bounds_months:
-        # a whole number of days d is under m months when d < ceil(m months in days)
-        bound = today - timedelta(days=math.ceil(m * DAYS_PER_MONTH))
-        young = start > (bound.isoformat() if conn.dialect.name != "postgresql" else bound)
+    for young in _younger_than(conn, today, bounds_months):
         cols += [func.coalesce(func.sum(case((young, 1), else_=0)), 0),
                  func.coalesce(func.sum(case((young, studies.c.instance_count), else_=0)), 0),
                  func.coalesce(func.sum(case((young, studies.c.size_bytes), else_=0)), 0)]
@@ -161,13 +160,83 @@ def held_by_age(conn: Connection, today: date, bounds_months: Sequence[int]) -> 
     return out
 
 
+def _younger_than(conn: Connection, today: date, bounds_months: Sequence[int], start: Any = None) -> list[Any]:
+    """Per bound of months: the condition "the study (that started on ``start``, default its
+    study date) is younger than that today" (see held_by_age)."""
+    start = _study_date(conn) if start is None else start
+    out = []
+    for m in bounds_months:
+        # a whole number of days d is under m months when d < ceil(m months in days)
+        bound = today - timedelta(days=math.ceil(m * DAYS_PER_MONTH))
+        out.append(start > (bound.isoformat() if conn.dialect.name != "postgresql" else bound))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CostGroup:
+    """Active studies that share their tiers, age bucket today and month received (YYYY-MM, '' if
+    received before the months asked for)."""
+
+    tiers: str
+    age_bucket: int
+    month: str
+    studies: int
+    instances: int
+    size_bytes: int
+
+
+def cost_groups(conn: Connection, *, today: date, bounds_months: Sequence[int],
+                months_since: datetime) -> tuple[list[CostGroup], dict[str, int]]:
+    """What the cost projection needs of every study, from one grouped pass over the active studies:
+    the groups, and the bytes per tier (:func:`ilm.catalog.plans.tier_bytes`: the verified copies of
+    the few studies held on several tiers summed from their locations, only if there are any).
+
+    Sums of the groups by age bucket are :func:`held_by_age`, by month :func:`received_by_month`.
+    """
+    pg = conn.dialect.name == "postgresql"
+    month = func.to_char(studies.c.received_at, "YYYY-MM") if pg else func.substr(studies.c.received_at, 1, 7)
+    per = select(studies.c.tiers.label("t"), _study_date(conn).label("d"),
+                 case((studies.c.received_at >= months_since, month), else_="").label("m"),
+                 studies.c.instance_count, studies.c.size_bytes).where(_ACTIVE).subquery()
+    young = _younger_than(conn, today, bounds_months, per.c.d)
+    rows = select(per.c.t, case(*[(y, i) for i, y in enumerate(young)], else_=len(young)).label("ab"), per.c.m,
+                  per.c.instance_count, per.c.size_bytes).subquery()
+    q = (select(rows.c.t, rows.c.ab, rows.c.m, func.count(), func.sum(rows.c.instance_count),
+                func.sum(rows.c.size_bytes)).group_by(rows.c.t, rows.c.ab, rows.c.m))
+    groups = [CostGroup(t or "", int(ab), m or "", int(n), int(i), int(b)) for t, ab, m, n, i, b in conn.execute(q)]
+    on_tier: dict[str, int] = {}
+    for g in groups:
+        if g.tiers and "\\" not in g.tiers:
+            on_tier[g.tiers] = on_tier.get(g.tiers, 0) + g.size_bytes
+    if any("\\" in g.tiers for g in groups):  # studies in the middle of a move: their verified copies
+        for split in _multi_tier_bytes(conn, _ACTIVE & _MULTI).values():
+            for t, b in split.items():
+                on_tier[t] = on_tier.get(t, 0) + b
+    return groups, on_tier
+
+
+class _StudiesFirst(Join):
+    """An inner join that SQLite runs in the order written (CROSS JOIN): the studies scanned in
+    order and the access log found by its study index, rather than each logged read looking up its
+    study at random in the (much larger) studies table: 3-9x faster over a million studies."""
+
+    inherit_cache = True
+
+
+@compiles(_StudiesFirst, "sqlite")
+def _studies_first_sqlite(join: _StudiesFirst, compiler: Any, **kw: Any) -> str:
+    kw["asfrom"] = True
+    return (f"{compiler.process(join.left, **kw)} CROSS JOIN {compiler.process(join.right, **kw)} "
+            f"ON {compiler.process(join.onclause, **kw)}")
+
+
 def reads_by_age(conn: Connection, since: datetime, bounds_months: Sequence[int]) -> list[tuple[int, int, int]]:
     """Reads logged since ``since``, per study age at the read: bucket, reads, instances read."""
     age = _day(conn, access_log.c.at) - _study_day(conn)
     b = _age_bucket(age, bounds_months).label("b")
     rows = conn.execute(
         select(b, func.count(), func.coalesce(func.sum(access_log.c.instances), 0))
-        .select_from(access_log.join(studies, studies.c.study_uid == access_log.c.study_uid))
+        .select_from(_StudiesFirst(studies, access_log, studies.c.study_uid == access_log.c.study_uid))
         .where(access_log.c.at >= since).group_by(b))
     return [(int(k), int(n), int(i)) for k, n, i in rows]
 

@@ -71,10 +71,14 @@ def path_of(policy: Policy, study: StudyFacts, patient: PatientFacts | None, tie
     whole horizon."""
     facts = replace(study, tiers=(tier,))
     segs = [Segment(0, tier)]
+    seen: dict[tuple[int, tuple[str, ...]], tuple[Action, str | None] | None] = {}
 
     def decide(m: int) -> tuple[Action, str | None] | None:
-        d = evaluate(policy, facts, patient, month_day(start, m))
-        return None if d.action is Action.KEEP else (d.action, d.tier)
+        key = (m, facts.tiers)  # the month a bisection found is asked again: answer it from memory
+        if key not in seen:
+            d = evaluate(policy, facts, patient, month_day(start, m))
+            seen[key] = None if d.action is Action.KEEP else (d.action, d.tier)
+        return seen[key]
 
     t, changes, last = 0, 0, months - 1
     while t <= last and changes < MAX_CHANGES:
