@@ -15,6 +15,10 @@ instance:
                   only once every location into it is 'deleting') and drops
                   the row, never an instance's last verified copy.
 
+    repacked      a pack rewritten by a fixity repair (``ilm.catalog.repack``):
+                  ``object_key`` names the old pack, which recovery deletes
+                  once no location points into it.
+
 Then ``done`` or ``rolled_back`` like every move.
 """
 
@@ -34,6 +38,7 @@ from ilm.models import CopyState
 __all__ = [
     "DROPPING",
     "PACK_COPYING",
+    "REPACKED",
     "DropSource",
     "PackCopy",
     "PendingPackMove",
@@ -52,6 +57,7 @@ __all__ = [
 
 PACK_COPYING = "pack_copying"
 DROPPING = "dropping"
+REPACKED = "repacked"  # a pack rewritten by a fixity repair: object_key is the old pack (ilm.catalog.repack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +159,7 @@ class PendingPackMove:
 def pending_pack_moves(conn: Connection) -> list[PendingPackMove]:
     rows = conn.execute(
         select(moves.c.id, moves.c.instance_pk, moves.c.src_tier, moves.c.dst_tier, moves.c.object_key, moves.c.state)
-        .where(moves.c.state.in_((PACK_COPYING, DROPPING)))
+        .where(moves.c.state.in_((PACK_COPYING, DROPPING, REPACKED)))
         .order_by(moves.c.id)
     )
     return [PendingPackMove(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5]) for r in rows]

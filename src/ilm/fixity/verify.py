@@ -18,7 +18,9 @@ checked first, then the bad object is replaced through the move's copy step
 the tier holds) and the copy is marked verified. Without a source the copy is
 kept as it is (never deleted: the last copy, even a bad one, is evidence) and
 reported. The copy's row is the journal: a crash at any point leaves it
-marked, and the next run repairs it again.
+marked, and the next run repairs it again. A copy inside a packed study
+object is repaired by writing a new pack of the study (``ilm.fixity.repack``,
+journaled like a pack move), once per pack and run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ilm.catalog.fixity import (
 )
 from ilm.config import Settings
 from ilm.errors import ConfigError, IlmError, IntegrityError, ObjectNotFound, StorageError, TierUnavailable
+from ilm.fixity.repack import RepackResult, repair_pack
 from ilm.fixity.replicas import Replicator
 from ilm.lifecycle.limits import RateLimiter
 from ilm.lifecycle.move import put_verified
@@ -156,6 +159,7 @@ class _Run:
         self.repair = repair
         self.online = [n for n, t in settings.tiers.items() if not t.archive]
         self._empty: dict[str, bool] = {}  # tier -> holds no object at all (checked once per run)
+        self._repacked: dict[tuple[str, str], RepackResult | str] = {}  # (tier, pack) -> its repair, or why it failed
 
     def _holds_nothing(self, name: str) -> bool:
         """A tier with copies in the catalog but no object at all is not a tier that
@@ -217,7 +221,7 @@ class _Run:
         """(the tier repaired from, '') or (None, why the copy is kept as it is)."""
         c = r.copy
         if c.pack_offset is not None:
-            return None, "inside a packed study object: not repaired automatically (docs/security.md)"
+            return self._repair_packed(c)
         with self.catalog.read() as conn:
             sources = repair_sources(conn, c.instance_pk, excluding_tier=c.tier, online=self.online)
         if not sources:
@@ -236,6 +240,26 @@ class _Run:
                 continue
             return s.tier, ""
         return None, "repair failed: " + "; ".join(problems)
+
+
+    def _repair_packed(self, c: CopyToCheck) -> tuple[str | None, str]:
+        """A member of a pack: the pack is rewritten once per run, for every bad member at once."""
+        done = self._repacked.get((c.tier, c.key))
+        if done is None:
+            try:
+                done = repair_pack(self.catalog, self.tiers, c.tier, c.key, online=self.online,
+                                   tier_order=list(self.settings.tiers), actor=self.actor)
+                for p in done.problems:
+                    log.warning("fixity: %s", p)
+            except (StorageError, IlmError) as exc:
+                done = f"repair failed: the pack could not be rewritten: {exc}"
+            self._repacked[(c.tier, c.key)] = done
+        if isinstance(done, str):
+            return None, done
+        source = done.repaired.get(c.location_id)
+        if source is not None:
+            return source, ""
+        return None, done.kept.get(c.location_id, "not repaired: its pack was rewritten without it")
 
 
 def replace_copy(catalog: Catalog, tiers: Callable[[str], Tier], c: CopyToCheck, state: str, data: bytes, *,

@@ -21,8 +21,9 @@ A source pack is deleted only once every location pointing into it is being
 deleted, so instances that stay in it (a failed copy, a partial move) keep
 their bytes. Recovery (:func:`recover_pack_moves`, called by
 ``recover_moves``) rolls back 'pack_copying' rows (deleting the destination
-object unless a location points at it: no orphan pack) and finishes
-'dropping' rows.
+object unless a location points at it: no orphan pack), finishes
+'dropping' rows, and deletes the old packs of 'repacked' rows (a pack that
+a fixity repair rewrote, ``ilm.fixity.repack``) once nothing points into them.
 
 :func:`drop_study_copies` drops the copies of a study on one tier whose
 instances are verified on another tier (a cache tier under a watermark),
@@ -42,7 +43,9 @@ from ilm.catalog import Catalog
 from ilm.catalog.packs import (
     DROPPING,
     PACK_COPYING,
+    REPACKED,
     PackCopy,
+    PendingPackMove,
     commit_pack_moves,
     drop_sources,
     end_pack_moves,
@@ -433,4 +436,29 @@ def recover_pack_moves(catalog: Catalog, tiers: Callable[[str], Tier]) -> tuple[
         except StorageError as exc:
             problems.append(f"moves {ids[0]}.. ({tier}:{key}): {exc}")
     finished = _finish(catalog, tiers, [m.id for m in pending if m.state == DROPPING], problems)
+    finished += _finish_repacks(catalog, tiers, [m for m in pending if m.state == REPACKED], problems)
     return rolled_back, finished, problems
+
+
+def _finish_repacks(catalog: Catalog, tiers: Callable[[str], Tier], pending: list[PendingPackMove],
+                    problems: list[str]) -> int:
+    """Packs a fixity repair rewrote (ilm.fixity.repack): the old pack goes once nothing points into it."""
+    old: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for m in pending:
+        old[(m.dst_tier, m.key)].append(m.id)
+    done = 0
+    for (tier, key), ids in old.items():
+        try:
+            with catalog.read() as conn:
+                left = references(conn, tier, key)
+            if not left:
+                tiers(tier).delete(key)
+        except ObjectLocked as exc:  # a WORM tier: the old pack stays until its date
+            problems.append(f"old pack {tier}:{key} kept: {exc}")
+        except StorageError as exc:
+            problems.append(f"old pack {tier}:{key} not deleted: {exc}")
+            continue
+        with catalog.write() as conn:
+            end_pack_moves(conn, ids, "done", _now())
+        done += len(ids)
+    return done
