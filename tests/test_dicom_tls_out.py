@@ -32,6 +32,8 @@ from conftest import write_config
 from support.certs import Certs, make_certs
 from support.retrieve_data import StoredStudy, make_study
 from support.servers import free_port, stop_pid, wait_port
+from test_dicom_gate import started  # noqa: F401  (the fixture: servers shut down after the test)
+from test_dicom_retrieve import received
 
 from ilm.config import DestinationSettings, DicomSettings, Settings, load_settings
 from ilm.dicom.server import DicomServer, start_dicom_server
@@ -78,11 +80,7 @@ class TlsStoreSCP:
         wait_port(self.port, proc=self.proc)  # type: ignore[arg-type]
 
     def received(self) -> dict[str, bytes]:
-        out = {}
-        for p in self.folder.iterdir():
-            blob = p.read_bytes()
-            out[str(pydicom.dcmread(DicomBytesIO(blob), stop_before_pixels=True).SOPInstanceUID)] = blob
-        return out
+        return received(self.folder)
 
 
 @pytest.fixture
@@ -97,14 +95,6 @@ def storescp(tmp_path: Path, certs: Certs) -> Iterator[TlsStoreSCP]:
 @pytest.fixture
 def study(service: ArchiveService, pydicom_test_files: Path, tmp_path: Path) -> StoredStudy:
     return make_study(service, [pydicom_test_files / n for n in SOURCES], tmp_path / "src", per_source=2)
-
-
-@pytest.fixture
-def started() -> Iterator[list[DicomServer]]:
-    servers: list[DicomServer] = []
-    yield servers
-    for s in servers:
-        s.shutdown(grace=2)
 
 
 def serve(service: ArchiveService, started: list[DicomServer], **destinations: DestinationSettings) -> DicomServer:

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,9 +24,9 @@ from pydicom.fileset import FileSet
 from typer.testing import CliRunner
 
 from conftest import write_config
-from support.retrieve_data import StoredStudy, make_study
+from support.retrieve_data import ARCHIVE_TIER, StoredStudy, make_study
 from support.syslog_receiver import SyslogReceiver, wait_for
-from test_atna import _codes, _of, _patient_ids, _study_ids
+from test_atna import _codes, _of, _patient_ids, _study_ids, receiver  # noqa: F401  (the receiver fixture)
 
 from ilm import audit as audit_chain
 from ilm.cli import app as cli_app
@@ -39,28 +38,11 @@ from ilm.web import create_app
 
 runner = CliRunner()
 SOURCES = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm"]
-VAULT = """
-[tiers.vault]
-kind = "filesystem"
-path = "tiers/vault"
-fsync = false
-archive = true
-retrieval_latency_seconds = 5
-"""
-
-
-@pytest.fixture
-def receiver() -> Iterator[SyslogReceiver]:
-    r = SyslogReceiver().start()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 @pytest.fixture
 def settings(home: Path, catalog_url: str, receiver: SyslogReceiver) -> Settings:
-    write_config(home, catalog_url, VAULT + f'\n[audit]\nsyslog_host = "127.0.0.1"\nsyslog_port = {receiver.port}\n'
+    write_config(home, catalog_url, ARCHIVE_TIER + f'\n[audit]\nsyslog_host = "127.0.0.1"\nsyslog_port = {receiver.port}\n'
                  'retry_seconds = 0.2\nsource_id = "ILM-TEST"\n')
     return load_settings(home=home, env={})
 
@@ -239,7 +221,7 @@ def test_a_study_on_an_archive_tier_is_exported_only_once_restored(
     with pytest.raises(NotReady, match="being restored"):
         service.export([study.study_uid], out, by="test")
     assert files_under(out) == {}
-    clock.t += timedelta(seconds=6)
+    clock.t += timedelta(seconds=31)  # the vault's retrieval latency is 30 s
     assert service.process_restores().completed
     report = service.export([study.study_uid], out, by="test")
     assert report.written == 6
