@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -116,6 +117,9 @@ def test_cli_export_writes_the_stored_bytes_counts_an_access_and_audits(
     assert _study_ids(rec.xml) == [study.study_uid] and _patient_ids(rec.xml) == ["EXP-1"]
     roles = {p.get("UserID"): (_codes(p, "RoleIDCode"), p.get("UserIsRequestor")) for p in rec.xml.findall("ActiveParticipant")}
     assert roles == {"ilm": (["110153"], "false"), "dr.who": (["110152"], "true")}
+    [dest] = [p for p in rec.xml.findall("ActiveParticipant") if p.get("UserID") == "dr.who"]
+    assert dest.get("NetworkAccessPointID") == socket.gethostname()  # the machine it was written on
+    assert dest.get("AlternativeUserID") is None  # a login, not an AE title
     sops = rec.xml.findall("ParticipantObjectIdentification/ParticipantObjectDescription/SOPClass")
     assert sum(int(s.get("NumberOfInstances", "0")) for s in sops) == 6
 
@@ -262,11 +266,13 @@ def test_rest_export_is_a_zip_for_operators_counted_and_audited(
         missing = client.get("/api/studies/1.2.3.4.5/export", headers=op)
         assert missing.status_code == 404 and "no study 1.2.3.4.5" in missing.json()["detail"]
         assert client.get("/api/studies/1.2.x/export", headers=op).status_code == 422
-    assert [(r[1], r[3]) for r in access_rows(service)] == [("export", 6), ("export", 6)]
+    assert [(r[1], r[2], r[3]) for r in access_rows(service)] == [("export", "token:t-operator", 6)] * 2
     assert [e.actor for e in exports_in_trail(service)] == ["token:t-operator"] * 2
     assert not list((service.settings.home / "tmp").iterdir())  # the ZIP files are gone once sent
     recs = wait_for(lambda: len(_of(receiver, "110106")) >= 2 and _of(receiver, "110106"), what="export messages")
     assert {_study_ids(x.xml)[0] for x in recs} == {study.study_uid}
+    dest = [p for p in recs[0].xml.findall("ActiveParticipant") if _codes(p, "RoleIDCode") == ["110152"]]
+    assert [(p.get("UserID"), p.get("NetworkAccessPointID")) for p in dest] == [("token:t-operator", "testclient")]
 
 
 def test_rest_export_of_an_archived_study_is_503_and_writes_nothing(

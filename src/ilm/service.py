@@ -464,7 +464,8 @@ class ArchiveService:
         self.promotions.on_read(study_uid, interface, who)  # queued for the promotion worker, never waits
 
     def export(self, study_uids: Iterable[str], to: Path, *, dicomdir: bool = False, as_zip: bool = False,
-               by: str, who: str = "", interface: str = "cli", described_as: str = "") -> study_export.ExportReport:
+               by: str, who: str = "", address: str = "", interface: str = "cli",
+               described_as: str = "") -> study_export.ExportReport:
         """Write studies out of the archive (ilm export, GET /api/studies/{uid}/export; ilm.study_export):
         into the folder ``to`` (``dicomdir``: as a DICOM file-set with its DICOMDIR), or with ``as_zip``
         as the new ZIP file ``to``. Each file holds the stored bytes, read from the hottest verified copy.
@@ -472,9 +473,9 @@ class ArchiveService:
         Everything is checked before a file is placed, and a refusal writes nothing: InvalidUID,
         NotFound (unknown or expired study), NotReady (on an archive tier and not restored: ilm
         recall), ExportRefused (the destination cannot take it), IntegrityError (a copy that does not
-        match the catalog). Once written, each study counts as accessed by ``who`` (``by`` when empty)
-        over ``interface`` "export" (last access, access log, the ATNA Export message) and gets an
-        entry ``study.export`` in the audit trail by ``by``."""
+        match the catalog). Once written, each study counts as accessed by ``who`` (``by`` when empty;
+        ``address``: where it went, see ``note_access``) over interface "export" (last access, access
+        log, the ATNA Export message) and gets an entry ``study.export`` in the audit trail by ``by``."""
         uids = list(dict.fromkeys(validate_uid(u, "Study Instance UID") for u in study_uids))
         if not uids:
             raise IlmError("no study to export: give one or more Study Instance UIDs")
@@ -498,7 +499,7 @@ class ArchiveService:
         else:
             study_export.deliver_folder(staged, to, report)
         for uid, n in report.studies.items():
-            self.note_access(uid, "export", who or by, n)
+            self.note_access(uid, "export", who or by, n, address=address)
         study_export.record_exports(self.catalog, report, by=by, interface=interface, at=_now())
         return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,8 @@ def export(
     who = by or _login()
     with open_service(home) as service:
         try:
-            report = service.export(study_uids, to, dicomdir=dicomdir, by=who, interface="cli")
+            report = service.export(study_uids, to, dicomdir=dicomdir, by=who, address=socket.gethostname(),
+                                    interface="cli")
         except (InvalidUID, NotFound, ExportRefused) as exc:
             fail(str(exc), 2)
         except IlmError as exc:

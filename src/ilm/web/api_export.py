@@ -26,7 +26,7 @@ from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
 from ilm.web.api_common import ERRORS, ApiRoute, UidPath, actor, service_of
-from ilm.web.auth import require
+from ilm.web.auth import principal, require
 
 __all__ = ["router"]
 
@@ -45,10 +45,12 @@ def export_study(request: Request, study_uid: str = UidPath,
     folder.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="export-", dir=folder))
     client = request.client.host if request.client else "?"
+    caller = principal(request)  # named by its API token, with its address (as WADO-RS readers are)
+    who, address = (caller.who, client) if caller.token_id is not None else (client, "")
     try:
         out = work / f"{study_uid}.zip"
-        service.export([study_uid], out, dicomdir=dicomdir, as_zip=True, by=actor(request), who=client,
-                       interface="rest", described_as=f"ZIP over HTTP to {client}")
+        service.export([study_uid], out, dicomdir=dicomdir, as_zip=True, by=actor(request), who=who,
+                       address=address, interface="rest", described_as=f"ZIP over HTTP to {client}")
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
