@@ -20,9 +20,11 @@ from typing import Any
 
 from ilm.catalog import Catalog
 from ilm.catalog import analytics as q
+from ilm.catalog import history as hq
 from ilm.catalog.facts import load_policy_inputs
 from ilm.config import Settings
 from ilm.cost import shaping
+from ilm.cost.history import merged_arrivals, monthly
 from ilm.cost.model import TierPrice, monthly_storage_cost
 from ilm.cost.projection import (
     AGE_BUCKETS, Cohort, Growth, Scenario, Segment, merge, project, read_profile,
@@ -56,6 +58,7 @@ def stats(catalog: Catalog, *, today: date, largest: int = 10,
         reads = q.reads_by_age(conn, now - timedelta(days=READ_WINDOW_DAYS), AGE_BUCKETS)
         priors = q.patients_by_study_count(conn)
         big = q.largest_studies(conn, largest)
+        history = monthly(hq.tier_rows(conn), hq.received_rows(conn))
     m = shaping.marginals(groups)
     total = m.size_bytes
     months = [(k, n, b) for k, n, _i, b in m.rows("month")]
@@ -74,6 +77,7 @@ def stats(catalog: Catalog, *, today: date, largest: int = 10,
         "never_read_after": shaping.never_read_report(zip(never_read_days, m.older, m.unread)),
         "patients": pats,
         "largest_studies": big,
+        "tier_history": history,
     }
 
 
@@ -86,8 +90,12 @@ class CostOptions:
     templates: int = 250                       # recent arrivals whose paths new data follows
 
 
-def _growth(months: list[tuple[str, int, int]], today: date, opts: CostOptions) -> tuple[Growth, dict[str, Any]]:
+def _growth(months: list[tuple[str, int, int]], today: date, opts: CostOptions,
+            recorded: bool = False) -> tuple[Growth, dict[str, Any]]:
     hist = shaping.growth_from_history(months, today)
+    if recorded:
+        hist["source"] = hist["source"].replace(
+            "catalog: bytes received", "catalog and its snapshots (the larger per month): bytes received", 1)
     per_month = hist["bytes_per_month"] if opts.growth_gb_per_month is None else opts.growth_gb_per_month * 1e9
     rate = hist["yearly_rate"] if opts.growth_percent is None else opts.growth_percent / 100
     given = opts.growth_gb_per_month is not None or opts.growth_percent is not None
@@ -138,6 +146,7 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
             fresh = q.sample_study_uids(conn, opts.templates, received_since=now - timedelta(days=365),
                                         candidates=opts.templates * 40)
             inputs = load_policy_inputs(conn, list(dict.fromkeys(uids + fresh)))
+            arrived = hq.received_rows(conn, date(today.year - 3, 1, 1))
         facts = {s.study_uid: s for s in inputs.studies}
         sample = [(s, tier) for s in (facts[u] for u in uids if u in facts) if (tier := _hottest(s, order))]
         recent = [reborn(s, inputs.patients.get(s.patient_key), today) for s in (facts[u] for u in fresh if u in facts)]
@@ -163,9 +172,13 @@ def cost_report(catalog: Catalog, settings: Settings, policies: Sequence[PolicyS
             acc = by_month.setdefault(g.month, [0, 0])
             acc[0] += g.studies
             acc[1] += g.size_bytes
-    months = [(m, n, b) for m, (n, b) in sorted(by_month.items())]
+    recorded: dict[str, tuple[int, int]] = {}
+    for d in arrived:  # what the snapshots counted as it arrived (studies deleted since included)
+        n, b = recorded.get(d.day.isoformat()[:7], (0, 0))
+        recorded[d.day.isoformat()[:7]] = (n + d.studies, b + d.size_bytes)
+    months = merged_arrivals([(m, n, b) for m, (n, b) in sorted(by_month.items())], recorded)
     studies_total = sum(g.studies for g in groups)
-    growth, growth_info = _growth(months, today, opts)
+    growth, growth_info = _growth(months, today, opts, recorded=bool(recorded))
     window = READ_WINDOW_DAYS / (365.25 / 12)
     by_bucket = {k: i for k, _n, i in reads}
     profile = read_profile([by_bucket.get(k, 0) for k in range(len(AGE_BUCKETS) + 1)],

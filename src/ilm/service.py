@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import getpass
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -69,6 +70,7 @@ from ilm.lifecycle.restore import RestoreReport, RestoreStatus
 from ilm.catalog.commitment import verified_sop_classes
 from ilm import encryption
 from ilm import analytics
+from ilm import history as tier_history
 from ilm.fixity import VerifyReport, verify as fixity_verify
 from ilm.fixity.replicas import Replicator
 from ilm.fixity.verify import repair_from_resend
@@ -258,6 +260,7 @@ class ArchiveService:
                 report.add(r)
                 if progress:
                     progress(r)
+        self._snapshot_after("import")
         return report
 
     def _store(self, f: InstanceFacts, blob: bytes, source: str) -> IngestResult:
@@ -557,6 +560,22 @@ class ArchiveService:
         """Composition, growth and use of the archive (``ilm stats``)."""
         return analytics.stats(self.catalog, today=today or date.today(), largest=largest)
 
+    def snapshot_tiers(self) -> tier_history.Snapshot:
+        """Record today's storage by tier (and, on a catalog without history, the past as the
+        catalog knows it): ``ilm stats --snapshot``, ``ilm serve`` daily, after applies and imports."""
+        return tier_history.record_snapshot(self.catalog, self.clock())
+
+    def tier_history(self, since: date | None = None) -> list[dict[str, Any]]:
+        """Storage by tier and arrivals per month, from the recorded snapshots (docs/cost.md)."""
+        return tier_history.read_history(self.catalog, since)
+
+    def _snapshot_after(self, what: str) -> None:
+        """A snapshot after a run that changed what is stored; its failure only logged."""
+        try:
+            self.snapshot_tiers()
+        except Exception as exc:
+            logging.getLogger("ilm.history").warning("storage by tier not recorded after %s: %s", what, exc)
+
     def cost(self, policies: Iterable[Path] = (), *, today: date | None = None,
              options: analytics.CostOptions | None = None) -> dict[str, Any]:
         """Monthly cost now and the projection per scenario (``ilm cost``); PolicyError for a bad policy."""
@@ -690,7 +709,9 @@ class ArchiveService:
               progress: Callable[[ActionRow, str], None] | None = None) -> ApplyReport:
         """Execute a stored plan (see ilm.lifecycle.apply); counted in the metrics."""
         with self.metrics.policy_run("apply"):
-            return self._counted_moves(lambda p: self._apply(plan_id, approved_by=approved_by, progress=p), progress)
+            report = self._counted_moves(lambda p: self._apply(plan_id, approved_by=approved_by, progress=p), progress)
+        self._snapshot_after(f"apply {plan_id}")
+        return report
 
     def _counted_moves(self, run: Callable[[Callable[[ActionRow, str], None]], ApplyReport],
                        progress: Callable[[ActionRow, str], None] | None) -> ApplyReport:

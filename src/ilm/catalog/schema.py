@@ -23,7 +23,7 @@ from sqlalchemy import (
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
     "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log", "restores",
-    "api_tokens", "object_keys",
+    "api_tokens", "object_keys", "tier_history", "received_history",
 ]
 
 metadata = MetaData(
@@ -366,4 +366,32 @@ object_keys = Table(
     Column("key_id", String(32), nullable=False),
     Column("checked_at", TS, nullable=False),
     Index("ix_object_keys_key_id", "key_id"),
+)
+
+# -- storage by tier over time (migration 0012, ilm.history) ----------------------
+
+# Studies, instances and bytes per tier on a day: the day's last snapshot. Rows
+# marked reconstructed were backfilled at the first snapshot (docs/cost.md).
+tier_history = Table(
+    "tier_history",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("tier", String(64), primary_key=True),
+    Column("studies", BigInteger, nullable=False),
+    Column("instances", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("reconstructed", Boolean, nullable=False, server_default=false()),
+    Column("recorded_at", TS, nullable=False),
+)
+
+# What arrived on a day, counted when it arrived (later deletions do not lower it).
+received_history = Table(
+    "received_history",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("studies", BigInteger, nullable=False),
+    Column("instances", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("reconstructed", Boolean, nullable=False, server_default=false()),
+    Column("recorded_at", TS, nullable=False),
 )

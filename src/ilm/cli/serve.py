@@ -16,6 +16,7 @@ from ilm.cli.app import HomeOption, app, console, fail, open_service
 from ilm.cli.watermark import start_watermark_checks
 from ilm.config import DicomSettings, HttpSettings
 from ilm.errors import ConfigError, IlmError
+from ilm.history import DailySnapshots
 from ilm.security.tls import https_options
 from ilm.service import ArchiveService
 
@@ -80,6 +81,7 @@ def serve(
         scheduler = _start_scheduler(service, stop)
         restorer = _start_restore_worker(service, stop)
         watermarks = start_watermark_checks(service, stop)  # capacity watermarks (docs/tiers.md)
+        history = DailySnapshots(service.snapshot_tiers, stop).start()  # storage by tier over time (docs/cost.md)
         service.promotions.start()  # access-based tiering: promotion on read, prefetch of priors (docs/tiers.md)
         # The dashboard's figures, counted now in the background so that its first visitor does not wait.
         threading.Thread(target=_warm_overview, args=(service,), name="ilm-overview-warmup", daemon=True).start()
@@ -131,6 +133,7 @@ def serve(
                 restorer.join(timeout=30)
             if watermarks is not None:
                 watermarks.join(timeout=30)
+            history.join(timeout=30)
     console.print("stopped", highlight=False)
 
 

@@ -32,11 +32,21 @@ def stats(
     as_of: Optional[str] = typer.Option(None, "--as-of", help="Ages and windows as of this day (YYYY-MM-DD)."),
     largest: int = typer.Option(10, "--largest", min=0, max=1000, help="How many of the largest studies to list."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    snapshot: bool = typer.Option(False, "--snapshot", help="Record today's storage by tier first (the first "
+                                  "snapshot also reconstructs the past; docs/cost.md)."),
 ) -> None:
-    """Composition (modality, study year, tier, size), growth per month, reads by study age,
-    studies never read after N days, patients with priors, largest studies."""
+    """Composition (modality, study year, tier, size), growth per month, storage by tier over time,
+    reads by study age, studies never read after N days, patients with priors, largest studies."""
     day = _as_of(as_of)
     with open_service(home) as service:
+        if snapshot:
+            snap = service.snapshot_tiers()
+            if not json_out:
+                tiers = ", ".join(f"{t.tier} {t.studies:,} studies {human_bytes(t.size_bytes)}" for t in snap.tiers)
+                back = (f"; reconstructed {snap.backfilled_months} months and {snap.backfilled_days} days of the past"
+                        if snap.backfilled_months or snap.backfilled_days else "")
+                console.print(f"recorded storage by tier on {snap.day}: {tiers or 'nothing stored'}{back}",
+                              highlight=False)
         s = service.stats(today=day, largest=largest)
     if json_out:
         print_json(s)
@@ -58,6 +68,17 @@ def stats(
     console.print(gt)
     console.print(f"received per month (last 12 full months): {human_bytes(g['bytes_per_month'])}; "
                   f"yearly growth of that rate: {g['yearly_rate']:+.1%}", highlight=False)
+    hist = s["tier_history"][-12:]
+    if hist:
+        names = sorted({t for m in hist for t in m["tiers"]})
+        ht = Table(title="Storage by tier over time (end of month; * reconstructed)", title_justify="left")
+        for c in ("Month", *names, "Received"):
+            ht.add_column(c, justify="left" if c == "Month" else "right")
+        for m in hist:
+            ht.add_row(m["month"] + (" *" if m["reconstructed"] else ""),
+                       *[human_bytes(m["tiers"][t]["bytes"]) if t in m["tiers"] else "" for t in names],
+                       human_bytes(m["received"]["bytes"]))
+        console.print(ht)
     ra = s["reads_by_age"]
     rt = Table(title=f"Reads by study age (last {ra['window_days']} days)", title_justify="left")
     for c in ("Study age", "Reads", "Instances read", "Studies now", "Read per month"):
