@@ -17,8 +17,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -29,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ilm.catalog import Catalog
 from ilm.catalog.queries import archive_summary, find_instance, instance_locations, list_studies, location_exists, study_detail
-from ilm.catalog.records import record_conflict, record_instance
+from ilm.catalog.records import NewCopy, record_conflict, record_instances
 from ilm.config import Settings
 from ilm.dicom.parse import FileMeta, dataset_bytes, part10_bytes, read_instance
 from ilm.errors import (
@@ -140,14 +141,59 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield p
 
 
-class _StripedLock:
-    """Serialises work on the same SOP Instance UID inside this process."""
+class _KeyLocks:
+    """Serialises work on the same SOP Instance UID inside this process: one lock per UID
+    in use (striped locks made concurrent STOW-RS requests of 20 instances wait on each other)."""
 
-    def __init__(self, n: int = 64) -> None:
-        self._locks = [threading.Lock() for _ in range(n)]
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # key -> (its lock, holders and waiters)
 
-    def __call__(self, key: str) -> threading.Lock:
-        return self._locks[hash(key) % len(self._locks)]
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        with self._mutex:
+            lock, users = self._locks.get(key, (None, 0))
+            if lock is None:
+                lock = threading.Lock()
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._mutex:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    @contextmanager
+    def all(self, keys: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of every key, taken in sorted order so that two callers never deadlock."""
+        with ExitStack() as stack:
+            for key in sorted(set(keys)):
+                stack.enter_context(self(key))
+            yield
+
+
+@dataclass
+class _Written:
+    """An instance whose object is on a tier, not catalogued yet (ArchiveService._write)."""
+
+    f: InstanceFacts
+    blob: bytes
+    base: dict[str, Any]  # the IngestResult fields of the instance
+    tier_name: str
+    tier: Tier
+    key: str
+    sha: str
+    wrote: bool  # written now (False: an identical object a crash left was adopted)
+    lock: tuple[str, datetime] | None = None  # (mode, retain-until) on a WORM tier
+
+
+# Objects of one STOW-RS request written at once: their hashing, writing and flushing overlap
+# (hashlib, write and fsync release Python's lock; the file system commits concurrent flushes together).
+_WRITER_THREADS = 4
 
 
 class ArchiveService:
@@ -158,7 +204,8 @@ class ArchiveService:
         self.catalog = catalog or Catalog.open(settings.catalog_url)
         self._tiers: dict[str, Tier] = {}
         self._tier_lock = threading.Lock()
-        self._sop_lock = _StripedLock()
+        self._sop_lock = _KeyLocks()
+        self._writer_pool: ThreadPoolExecutor | None = None  # _store_many's writers, started on first use
         self._patient_pks: dict[tuple[str, str], int] = {}  # patients are never deleted
         self.access = AccessRecorder(self.catalog)
         self.atna = AuditEmitter(settings, self.catalog)  # DICOM audit messages ([audit], docs/security.md)
@@ -184,6 +231,8 @@ class ArchiveService:
         self.promotions.stop()
         self.atna.close()  # what is queued and the trail's last entries, written or spooled
         self.scrub.stop()
+        if self._writer_pool is not None:
+            self._writer_pool.shutdown()
         try:
             self.access.close()
         finally:
@@ -218,15 +267,49 @@ class ArchiveService:
             batch.note(facts, result.status in (IngestStatus.STORED, IngestStatus.DUPLICATE))
         return result
 
+    def ingest_many(self, items: Sequence[tuple[bytes, str]], *, study_uid: str | None = None,
+                    batch: ImportBatch | None = None) -> list[IngestResult]:
+        """``ingest_bytes`` for several files (data, source) at once, as a STOW-RS request
+        brings them: the same results, in order; the objects are written in parallel
+        and catalogued in one transaction, so a request costs one commit, and its
+        flushes to disk overlap. Each instance is acknowledged only once it is stored
+        and catalogued, as with ``ingest_bytes``."""
+        results: list[IngestResult | None] = [None] * len(items)
+        parsed: list[tuple[int, InstanceFacts, bytes, str]] = []
+        for i, (data, source) in enumerate(items):
+            try:
+                facts, blob = read_instance(data, "data")
+            except RejectedInstance as exc:
+                results[i] = IngestResult(IngestStatus.REJECTED, source, size=len(data), reason=exc.reason)
+                continue
+            results[i] = self._wrong_study(facts, blob, source, study_uid)
+            parsed.append((i, facts, blob, source))
+        todo = [(i, f, b, s) for i, f, b, s in parsed if results[i] is None]
+        for (i, _, _, _), r in zip(todo, self._store_many([(f, b, s) for _, f, b, s in todo])):
+            results[i] = r
+        out = [r for r in results if r is not None]
+        for r in out:
+            if r.status is IngestStatus.STORED:
+                self.metrics.stored(r.source, r.size)
+        if batch is not None:
+            for i, facts, _, _ in parsed:
+                batch.note(facts, out[i].status in (IngestStatus.STORED, IngestStatus.DUPLICATE))
+        return out
+
+    @staticmethod
+    def _wrong_study(facts: InstanceFacts, blob: bytes, source: str, study_uid: str | None) -> IngestResult | None:
+        """The rejection of an instance sent to /studies/{study_uid} that belongs to another study."""
+        if study_uid is None or facts.study_instance_uid == study_uid:
+            return None
+        return IngestResult(
+            IngestStatus.REJECTED, source, sop_instance_uid=facts.sop_instance_uid,
+            sop_class_uid=facts.sop_class_uid, study_instance_uid=facts.study_instance_uid,
+            series_instance_uid=facts.series_instance_uid, size=len(blob),
+            reason=f"instance of study {facts.study_instance_uid}, not of the requested study {study_uid}",
+        )
+
     def _ingest_facts(self, facts: InstanceFacts, blob: bytes, source: str, study_uid: str | None) -> IngestResult:
-        if study_uid is not None and facts.study_instance_uid != study_uid:
-            return IngestResult(
-                IngestStatus.REJECTED, source, sop_instance_uid=facts.sop_instance_uid,
-                sop_class_uid=facts.sop_class_uid, study_instance_uid=facts.study_instance_uid,
-                series_instance_uid=facts.series_instance_uid, size=len(blob),
-                reason=f"instance of study {facts.study_instance_uid}, not of the requested study {study_uid}",
-            )
-        return self._store(facts, blob, source)
+        return self._wrong_study(facts, blob, source, study_uid) or self._store(facts, blob, source)
 
     def ingest_dataset(self, file_meta: FileMeta | Dataset, dataset: bytes, source: str, *,
                        batch: ImportBatch | None = None) -> IngestResult:
@@ -267,7 +350,53 @@ class ArchiveService:
         """Write first, then catalog: the common case (a new instance) costs one
         hash, one exclusive write and one transaction. A re-send finds the key
         taken, or the catalog row present, and is sorted out on that slower path."""
-        base = dict(
+        with self._sop_lock(f.sop_instance_uid):
+            written = self._write(f, blob, source)
+            if isinstance(written, IngestResult):
+                return written
+            result = self._catalogue([written])[0]
+        self._after_stored([written], [result])
+        return result
+
+    def _store_many(self, items: list[tuple[InstanceFacts, bytes, str]]) -> list[IngestResult]:
+        """``_store`` for several instances at once (a STOW-RS request): the objects are
+        written in parallel (their flushes to disk overlap) and catalogued in ONE
+        transaction. An instance whose SOP Instance UID came earlier in ``items``
+        goes through ``_store`` afterwards (it finds the first one stored)."""
+        first: dict[str, int] = {}
+        for i, (f, _, _) in enumerate(items):
+            first.setdefault(f.sop_instance_uid, i)
+        results: list[IngestResult | None] = [None] * len(items)
+        batch = [i for i in first.values()]
+        done: list[_Written] = []
+        with self._sop_lock.all(items[i][0].sop_instance_uid for i in batch):
+            outcomes = list(self._writers().map(lambda i: self._write(*items[i]), batch))
+            for i, out in zip(batch, outcomes):
+                if isinstance(out, IngestResult):
+                    results[i] = out
+            pending = [(i, out) for i, out in zip(batch, outcomes) if isinstance(out, _Written)]
+            for (i, w), r in zip(pending, self._catalogue([w for _, w in pending])):
+                results[i] = r
+                done.append(w)
+        self._after_stored(done, [results[i] for i, _ in pending])  # type: ignore[misc]
+        for i, (f, blob, source) in enumerate(items):
+            if results[i] is None:
+                results[i] = self._store(f, blob, source)
+        return [r for r in results if r is not None]
+
+    def _writers(self) -> ThreadPoolExecutor:
+        """The threads that write the objects of a batch (``_store_many``)."""
+        with self._tier_lock:
+            if self._writer_pool is None:
+                self._writer_pool = ThreadPoolExecutor(_WRITER_THREADS, thread_name_prefix="ilm-ingest-write")
+            return self._writer_pool
+
+    def _write(self, f: InstanceFacts, blob: bytes, source: str) -> "_Written | IngestResult":
+        """Put the object of one instance on the ingest tier (or the next one down when it is
+        full), or adopt the identical uncatalogued object a crash left there. An IngestResult
+        when that already decides the instance (a re-send, a conflict, a failed tier).
+        The caller holds the instance's SOP lock."""
+        base: dict[str, Any] = dict(
             source=source,
             sop_instance_uid=f.sop_instance_uid,
             sop_class_uid=f.sop_class_uid,
@@ -277,65 +406,86 @@ class ArchiveService:
         )
         tier_name = self.settings.ingest_tier
         key = instance_key(f.study_instance_uid, f.series_instance_uid, f.sop_instance_uid)
-        with self._sop_lock(f.sop_instance_uid):
-            wrote = False
+        wrote = False
+        try:
+            tier = self.tier(tier_name)
+            sha = tier.put(key, blob).sha256
+            wrote = True
+        except ObjectExists:
+            sha = hashlib.sha256(blob).hexdigest()
             try:
-                tier = self.tier(tier_name)
-                sha = tier.put(key, blob).sha256
-                wrote = True
-            except ObjectExists:
-                sha = hashlib.sha256(blob).hexdigest()
-                try:
-                    with self.catalog.read() as conn:
-                        known = find_instance(conn, f.sop_instance_uid)
-                    if known is not None:
-                        return self._known(f, blob, sha, known, base)
-                    # An object the catalog does not know: left by a crash between
-                    # write and commit. Adopt it only if it is the very same bytes.
-                    held = tier.stat(key)
-                except SQLAlchemyError as exc:
-                    return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", retryable=True, **base)  # type: ignore[arg-type]
-                except StorageError as exc:
-                    return IngestResult(IngestStatus.REJECTED, reason=str(exc), retryable=True, **base)  # type: ignore[arg-type]
-                if held.sha256 != sha:
-                    return self._conflict(f, blob, sha, base, f"an uncatalogued object with other content is at {tier_name}:{key}")
-            except TierFull as full:  # a full disk: the next tier down that has room (ilm.spill)
-                spilled = self.spill.put(tier_name, key, blob, f.study_instance_uid, full)
-                if spilled is None:
-                    return IngestResult(IngestStatus.REJECTED, reason=f"{full}; no lower tier has room",
-                                        retryable=True, **base)  # type: ignore[arg-type]
-                tier_name, tier, sha, wrote = spilled.tier_name, spilled.tier, spilled.sha256, spilled.wrote
-            except (StorageError, IlmError) as exc:
-                return IngestResult(
-                    IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", retryable=True, **base  # type: ignore[arg-type]
-                )
-            try:
-                with self.catalog.write() as conn:
-                    now = _now()
-                    lock = worm.tier_lock(tier, now)
-                    inserted = record_instance(conn, f, size=len(blob), sha256=sha, tier=tier_name, key=key, now=now,
-                                               patient_cache=self._patient_pks, lock=lock)
-            except SQLAlchemyError as exc:
-                if wrote:
-                    self._discard(tier, key)
-                return IngestResult(IngestStatus.REJECTED, reason=f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300], retryable=True, **base)  # type: ignore[arg-type]
-            if not inserted:
-                # Catalogued already (it may live on another tier now, or another
-                # process stored it a moment ago): undo our write unless the
-                # catalog points at that very object.
                 with self.catalog.read() as conn:
                     known = find_instance(conn, f.sop_instance_uid)
-                    ours = location_exists(conn, tier_name, key)
-                if wrote and not ours:
-                    self._discard(tier, key)
-                assert known is not None
-                return self._known(f, blob, sha, known, base)
-        if self.replicas.wanted:  # the tier's replicas, written now (ilm.fixity.replicas)
-            self.replicas.on_stored(tier_name, key, blob, sha, f.sop_instance_uid)
-        if lock is not None:  # a WORM tier: a study under a legal hold holds its new objects too
-            worm.hold_new_object(self.catalog, tier, key, f.study_instance_uid)
-        self.promotions.on_stored(f.study_instance_uid)  # a new study: prefetch its priors (when configured)
-        return IngestResult(IngestStatus.STORED, **base)  # type: ignore[arg-type]
+                if known is not None:
+                    return self._known(f, blob, sha, known, base)
+                # An object the catalog does not know: left by a crash between
+                # write and commit. Adopt it only if it is the very same bytes.
+                held = tier.stat(key)
+            except SQLAlchemyError as exc:
+                return IngestResult(IngestStatus.REJECTED, reason=f"catalog unavailable: {exc.__class__.__name__}", retryable=True, **base)
+            except StorageError as exc:
+                return IngestResult(IngestStatus.REJECTED, reason=str(exc), retryable=True, **base)
+            if held.sha256 != sha:
+                return self._conflict(f, blob, sha, base, f"an uncatalogued object with other content is at {tier_name}:{key}")
+        except TierFull as full:  # a full disk: the next tier down that has room (ilm.spill)
+            spilled = self.spill.put(tier_name, key, blob, f.study_instance_uid, full)
+            if spilled is None:
+                return IngestResult(IngestStatus.REJECTED, reason=f"{full}; no lower tier has room",
+                                    retryable=True, **base)
+            tier_name, tier, sha, wrote = spilled.tier_name, spilled.tier, spilled.sha256, spilled.wrote
+        except (StorageError, IlmError) as exc:
+            return IngestResult(
+                IngestStatus.REJECTED, reason=f"storage tier {tier_name!r} failed: {exc}", retryable=True, **base
+            )
+        return _Written(f, blob, base, tier_name, tier, key, sha, wrote)
+
+    def _catalogue(self, written: list["_Written"]) -> list[IngestResult]:
+        """Catalog written objects in one transaction; their results, in order. When the
+        transaction fails, nothing is catalogued and the objects written are removed.
+        The caller holds the instances' SOP locks."""
+        if not written:
+            return []
+        try:
+            with self.catalog.write() as conn:
+                now = _now()
+                for w in written:
+                    w.lock = worm.tier_lock(w.tier, now)
+                inserted = record_instances(
+                    conn, [NewCopy(w.f, len(w.blob), w.sha, w.tier_name, w.key, w.lock) for w in written],
+                    now=now, patient_cache=self._patient_pks)
+        except SQLAlchemyError as exc:
+            for w in written:
+                if w.wrote:
+                    self._discard(w.tier, w.key)
+            why = f"catalog write failed: {exc.__class__.__name__}: {exc.args[0] if exc.args else ''}"[:300]
+            return [IngestResult(IngestStatus.REJECTED, reason=why, retryable=True, **w.base) for w in written]
+        results = []
+        for w, ok in zip(written, inserted):
+            if ok:
+                results.append(IngestResult(IngestStatus.STORED, **w.base))
+                continue
+            # Catalogued already (it may live on another tier now, or another
+            # process stored it a moment ago): undo our write unless the
+            # catalog points at that very object.
+            with self.catalog.read() as conn:
+                known = find_instance(conn, w.f.sop_instance_uid)
+                ours = location_exists(conn, w.tier_name, w.key)
+            if w.wrote and not ours:
+                self._discard(w.tier, w.key)
+            assert known is not None
+            results.append(self._known(w.f, w.blob, w.sha, known, w.base))
+        return results
+
+    def _after_stored(self, written: list["_Written"], results: list[IngestResult]) -> None:
+        """What follows a new instance once it is catalogued: replicas, WORM holds, prefetch."""
+        for w, r in zip(written, results):
+            if r.status is not IngestStatus.STORED:
+                continue
+            if self.replicas.wanted:  # the tier's replicas, written now (ilm.fixity.replicas)
+                self.replicas.on_stored(w.tier_name, w.key, w.blob, w.sha, w.f.sop_instance_uid)
+            if w.lock is not None:  # a WORM tier: a study under a legal hold holds its new objects too
+                worm.hold_new_object(self.catalog, w.tier, w.key, w.f.study_instance_uid)
+            self.promotions.on_stored(w.f.study_instance_uid)  # a new study: prefetch its priors (when configured)
 
     @staticmethod
     def _discard(tier: Tier, key: str) -> None:

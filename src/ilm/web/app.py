@@ -75,20 +75,37 @@ class DicomJSONResponse(JSONResponse):
     media_type = DICOM_JSON
 
 
+# The parts of a request are stored in groups (one catalog transaction each, their files
+# written in parallel: ArchiveService.ingest_many) of at most this many parts and bytes.
+GROUP_PARTS = 50
+GROUP_BYTES = 64 * 1024 * 1024
+
+
 def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str | None, source: str) -> list[IngestResult]:
-    results = []
+    results: list[IngestResult] = []
     client = source.removeprefix("stow-rs:")
     with service.import_batch(client, client) or nullcontext() as batch:  # audit: one Import message per study
+        group: list[StowPart] = []
+
+        def flush() -> None:
+            results.extend(service.ingest_many([(p.read(), f"{source} part {p.index + 1}") for p in group],
+                                               study_uid=study_uid, batch=batch))
+            for p in group:
+                p.close()  # free its memory before the next group is read
+            group.clear()
+
         for part in parts:
-            where = f"{source} part {part.index + 1}"
             if not part_media_type_ok(part.content_type):
+                flush()  # results stay in the order of the parts
                 results.append(IngestResult(
-                    IngestStatus.REJECTED, where, size=part.size,
+                    IngestStatus.REJECTED, f"{source} part {part.index + 1}", size=part.size,
                     reason=f"part Content-Type {part.content_type!r} is not application/dicom",
                 ))
                 continue
-            results.append(service.ingest_bytes(part.read(), where, study_uid=study_uid, batch=batch))
-            part.close()  # free its memory before the next one is read
+            if group and (len(group) >= GROUP_PARTS or sum(p.size for p in group) + part.size > GROUP_BYTES):
+                flush()
+            group.append(part)
+        flush()
     return results
 
 
