@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from html.parser import HTMLParser
 from pathlib import Path
+from datetime import timedelta
 
 from typer.testing import CliRunner
 
@@ -142,3 +143,30 @@ def test_report_refuses_a_bad_policy_and_writes_nothing(archive: tuple[Path, lis
     assert not out.exists()
     r = runner.invoke(app, ["report", "--html", str(tmp_path / "no" / "r.html"), "--home", str(home)])
     assert r.exit_code == 2 and "existing folder" in r.output
+
+
+def test_report_draws_the_recorded_storage_before_the_projection(archive: tuple[Path, list[StudySpec]],
+                                                                 tmp_path: Path) -> None:
+    home, specs = archive
+    before = tmp_path / "before.html"
+    r = runner.invoke(app, ["report", "--html", str(before), "--as-of", TODAY.isoformat(), "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    assert "No snapshot of storage by tier recorded yet" in before.read_text(encoding="utf-8")
+    # the first snapshot reconstructs the months since the first study arrived
+    snap = runner.invoke(app, ["stats", "--snapshot", "--json", "--home", str(home)])
+    assert snap.exit_code == 0, snap.output
+    history = json.loads(snap.output)["tier_history"]
+    assert len(history) > 24 and history[0]["reconstructed"]
+    out = tmp_path / "after.html"
+    r = runner.invoke(app, ["report", "--html", str(out), "--as-of", TODAY.isoformat(), "--home", str(home)])
+    assert r.exit_code == 0, r.output
+    page = _Page()
+    page.feed(out.read_text(encoding="utf-8"))
+    page.close()
+    chart = page.svgs["chart-storage"][0]
+    assert "reconstructed before snapshots" in chart and "years from now (0: today)" in chart
+    assert "No snapshot of storage by tier recorded yet" not in page.text
+    # the reconstructed month before the report's day holds every study received by then (all on hot)
+    last = [h for h in history if h["month"] < TODAY.isoformat()[:7]][-1]
+    by_then = [x for x in specs if (x.acquired_at + timedelta(minutes=10)).strftime("%Y-%m") <= last["month"]]
+    assert last["tiers"]["hot"]["studies"] == len(by_then)

@@ -55,13 +55,16 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Axes]:
     return fig, ax
 
 
-def stacked_area(title: str, x: Sequence[int], series: Mapping[str, Sequence[float]], *, xlabel: str) -> str:
-    """Bytes per series (tiers) stacked over x (years)."""
+def stacked_area(title: str, x: Sequence[float], series: Mapping[str, Sequence[float]], *, xlabel: str,
+                 now: float | None = None) -> str:
+    """Bytes per series (tiers) stacked over x (years); a dashed line at ``now`` when given."""
     with matplotlib.rc_context(_RC):
         fig, ax = _figure(title, "stored")
         names = list(series)
         ax.stackplot(list(x), *[[float(v) for v in series[n]] for n in names], labels=names,
                      colors=_COLOURS[:len(names)], alpha=0.85)
+        if now is not None:
+            ax.axvline(now, color="#333333", linestyle="--", linewidth=0.8)
         ax.yaxis.set_major_formatter(FuncFormatter(_bytes))
         ax.set_xlabel(xlabel)
         ax.legend(loc="upper left", frameon=False)

@@ -34,17 +34,32 @@ def _shown_scenario(cost: dict[str, Any]) -> dict[str, Any]:
     return next((s for s in scen if s["kind"] == "policy"), scen[1] if len(scen) > 1 else scen[0])
 
 
+def _recorded(history: list[dict[str, Any]], as_of: str) -> list[tuple[float, dict[str, int]]]:
+    """The recorded months before the month of ``as_of`` (x: years before it, negative), bytes per tier."""
+    def index(ym: str) -> int:
+        y, m = ym[:7].split("-")
+        return int(y) * 12 + int(m) - 1
+
+    now = index(as_of)
+    return [((index(h["month"]) - now) / 12, {t: v["bytes"] for t, v in h["tiers"].items()})
+            for h in history if h["tiers"] and index(h["month"]) < now]
+
+
 def chart_svgs(data: dict[str, Any]) -> dict[str, str]:
     """One SVG per chart of the report, by name (CHARTS)."""
     cost, stats, plans = data["cost"], data["stats"], data["plans"]
     years = list(range(cost["years"] + 1))
     shown = _shown_scenario(cost)
-    points = [cost["current"]["bytes_by_tier"]] + [y["bytes_by_tier"] for y in shown["years"]]
-    tiers = [t for t in cost["prices"] if any(p.get(t) for p in points)] or list(cost["prices"])[:1]
+    past = _recorded(stats.get("tier_history", []), cost["as_of"])
+    xs = [x for x, _p in past] + [float(y) for y in years]
+    points = [p for _x, p in past] + [cost["current"]["bytes_by_tier"]] + [y["bytes_by_tier"] for y in shown["years"]]
+    named = list(cost["prices"]) + sorted({t for p in points for t in p} - set(cost["prices"]))
+    tiers = [t for t in named if any(p.get(t) for p in points)] or list(cost["prices"])[:1]
     out = {
         "storage": charts.stacked_area(
-            f"Storage by tier over time: {shown['name']}", years,
-            {t: [p.get(t, 0) for p in points] for t in tiers}, xlabel="years from now"),
+            f"Storage by tier over time: recorded{' (reconstructed before snapshots)' if past else ''}, "
+            f"then projected: {shown['name']}", xs,
+            {t: [p.get(t, 0) for p in points] for t in tiers}, xlabel="years from now (0: today)", now=0.0 if past else None),
         "cost": charts.lines(
             "Cost projection per policy (cumulative)", years[1:],
             {s["name"]: [y["cumulative"] for y in s["years"]] for s in cost["scenarios"]},
