@@ -109,3 +109,31 @@ def test_recorded_arrivals_raise_the_growth_of_the_projection(service: ArchiveSe
     after = service.cost([], today=today, options=CostOptions(years=1))
     assert after["growth"]["bytes_per_month"] == before["growth"]["bytes_per_month"] + 10**9
     assert "snapshots" in after["growth"]["source"] and "snapshots" not in before["growth"]["source"]
+
+
+def test_dashboard_overview_and_rest_stats_show_the_history(service: ArchiveService, pydicom_test_files: Path,
+                                                            tmp_path: Path) -> None:
+    import httpx
+
+    from support.http import serve
+    from ilm.web import create_app
+
+    a, a_bytes = _study(service, pydicom_test_files / "CT_small.dcm", tmp_path, 2, "1.2.826.0.1.3680043.10.904")
+    _backdate(service, a, "2026-04-02T09:00:00+00:00")
+    token = service.token_create("t-viewer", "viewer", expires=None, by="test")[1]
+    with serve(create_app(service, auth=True)) as url:
+        with httpx.Client(base_url=url, cookies={"ilm_token": token},
+                          headers={"Accept": "text/html"}) as viewer:
+            page = viewer.get("/")
+            assert page.status_code == 200 and "no snapshot of storage by tier yet" in page.text
+            service.snapshot_tiers()
+            service._overview.invalidate()  # the page's figures are a minute old at most; here: now
+            page = viewer.get("/")
+            assert page.status_code == 200
+            chart = page.text.split('id="chart-tier-history"')[1].split("</div>")[0]
+            assert "<svg" in chart and "Storage by tier over time" in chart and "hot" in chart
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api:
+            stats = api.get("/api/stats").json()
+    hist = {m["month"]: m for m in stats["tier_history"]}
+    assert hist["2026-04"]["reconstructed"] and hist["2026-04"]["tiers"]["hot"]["bytes"] == a_bytes
+    assert stats["tier_history"][-1]["tiers"]["hot"]["studies"] == 1

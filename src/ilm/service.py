@@ -702,7 +702,8 @@ class ArchiveService:
         return {"tier": summary["tier"], "modality": summary["modality"],
                 "studies": sum(r.studies for r in summary["year"]),
                 "bytes": sum(r.size_bytes for r in summary["year"]),
-                "growth": [{"month": m, "studies": n, "bytes": b} for m, n, b in sorted(months)]}
+                "growth": [{"month": m, "studies": n, "bytes": b} for m, n, b in sorted(months)],
+                "tier_history": tier_history.read_history(self.catalog, since.date())}
 
     # -- analytics and cost (ilm.analytics, docs/cost.md) -----------------------
 

@@ -11,7 +11,7 @@ import io
 import threading
 from typing import Any, Sequence
 
-__all__ = ["cost", "growth", "plan", "scenario_rows", "tiers"]
+__all__ = ["cost", "growth", "plan", "scenario_rows", "tier_history", "tiers"]
 _lock = threading.Lock()  # pyplot's state is global: one chart at a time
 
 
@@ -70,6 +70,29 @@ def growth(by_month: Sequence[dict[str, Any]]) -> str:
         ax.set_xticks(range(0, len(xs), step), xs[::step], rotation=45, ha="right", fontsize=7)
         ax.set_ylabel("GB received")
         ax.set_title("Growth per month")
+
+    return _svg(draw)
+
+
+def tier_history(months: Sequence[dict[str, Any]]) -> str:
+    """Bytes per tier at each month's end (the recorded snapshots), stacked."""
+    months = [m for m in months if m.get("tiers")]
+    if not months:
+        return _note("no snapshot of storage by tier yet: ilm serve records one a day (ilm stats --snapshot now)")
+    names = sorted({t for m in months for t in m["tiers"]})
+
+    def draw(ax: Any) -> None:
+        xs = [m["month"] + ("*" if m["reconstructed"] else "") for m in months]
+        bottom = [0.0] * len(xs)
+        for name in names:
+            gb = [m["tiers"].get(name, {}).get("bytes", 0) / 1e9 for m in months]
+            ax.bar(range(len(xs)), gb, bottom=bottom, label=name)
+            bottom = [a + b for a, b in zip(bottom, gb)]
+        step = max(1, len(xs) // 12)
+        ax.set_xticks(range(0, len(xs), step), xs[::step], rotation=45, ha="right", fontsize=7)
+        ax.set_ylabel("GB stored")
+        ax.set_title("Storage by tier over time (month ends; * reconstructed)")
+        ax.legend(fontsize=7)
 
     return _svg(draw)
 

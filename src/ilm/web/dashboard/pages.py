@@ -145,10 +145,12 @@ def overview(request: Request) -> HTMLResponse:
     as_of = f"figures of {figures.computed_at:%Y-%m-%d %H:%M:%S} UTC (counted in {figures.seconds:.1f} s; refreshed every minute)"
     drawn = getattr(request.app.state, "overview_charts", None)
     if drawn is None or drawn[0] != figures.computed_at:  # drawn once per set of figures, not per request
-        drawn = (figures.computed_at, charts.tiers(tiers), charts.growth(f["growth"]))
+        drawn = (figures.computed_at, charts.tiers(tiers), charts.growth(f["growth"]),
+                 charts.tier_history(f.get("tier_history", [])))
         request.app.state.overview_charts = drawn
     return _render(request, "overview.html", who, "Overview", "/", totals=totals, tiers=tiers,
-                   modalities=modalities, tier_chart=drawn[1], growth_chart=drawn[2], as_of=as_of)
+                   modalities=modalities, tier_chart=drawn[1], growth_chart=drawn[2], history_chart=drawn[3],
+                   as_of=as_of)
 
 
 def _day(text: str | None, what: str) -> date | None:
