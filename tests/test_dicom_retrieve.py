@@ -243,8 +243,10 @@ def _pynetdicom_get(scp: DicomServer, identifier: Dataset, received_raw: dict[st
         assoc.release()
 
 
-def test_get_sends_the_stored_bytes(scp: DicomServer, study: StoredStudy) -> None:
-    """pynetdicom as the receiver: each dataset arrives exactly as stored (no decode/re-encode)."""
+def test_get_sends_the_stored_bytes(scp: DicomServer, study: StoredStudy, caplog: pytest.LogCaptureFixture) -> None:
+    """pynetdicom as the receiver: each dataset arrives exactly as stored (no decode/re-encode);
+    those whose stored transfer syntax the requester accepted go out from their files."""
+    caplog.set_level(logging.DEBUG, logger="ilm.dicom.sending")
     ident = Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = study.study_uid
@@ -256,6 +258,7 @@ def test_get_sends_the_stored_bytes(scp: DicomServer, study: StoredStudy) -> Non
         stored = study.blobs[uid]
         if pydicom.dcmread(DicomBytesIO(stored)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1":
             assert data == dataset_bytes(stored), uid
+            assert f"{uid}: no presentation context" not in caplog.text
 
 
 def test_identifier_without_its_keys_is_refused_with_a_comment(scp: DicomServer, study: StoredStudy) -> None:
@@ -501,3 +504,128 @@ def test_move_from_patient_root_at_study_level_with_pynetdicom(scp: DicomServer,
     while len(storescp.received()) < 6 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert_as_stored(storescp.received(), study, study.sop_uids)
+
+
+# -- sent from the stored file; bad bytes never sent --------------------------------------
+
+
+def _corrupt(service: ArchiveService, study: StoredStudy, sop_uid: str) -> None:
+    """Overwrite the last bytes of the instance's file on its tier (its pixel data), keeping its size."""
+    [ref] = service.instances_to_read(study.study_uid, sop_uid=sop_uid)
+    path = service.tier(ref.tier).root / ref.key  # type: ignore[attr-defined]
+    path.chmod(0o644)
+    with open(path, "r+b") as f:
+        f.seek(-16, 2)
+        f.write(b"\xa5" * 16)
+
+
+def _uids(value: object) -> list[str]:
+    return [value] if isinstance(value, str) else [str(v) for v in value]  # type: ignore[attr-defined]
+
+
+def _study_level(study_uid: str) -> Dataset:
+    ident = Dataset()
+    ident.QueryRetrieveLevel = "STUDY"
+    ident.StudyInstanceUID = study_uid
+    return ident
+
+
+def _move_responses(scp: DicomServer, study_uid: str) -> list[tuple[Dataset, Dataset | None]]:
+    ae = AE(ae_title="PYMOVE")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=AET)
+    try:
+        return list(assoc.send_c_move(_study_level(study_uid), DEST, StudyRootQueryRetrieveInformationModelMove))
+    finally:
+        assoc.release()
+
+
+@pytest.mark.parametrize("bad", [0, 3], ids=["first-instance", "later-instance"])
+def test_corrupted_file_is_not_sent_and_the_move_reports_it(bad: int, scp: DicomServer, service: ArchiveService,
+                                                            storescp: StoreSCP, study: StoredStudy) -> None:
+    """A file on the hot tier whose bytes no longer match the catalog's SHA-256 is not sent;
+    the others are, and the final response is a Warning naming the failed instance."""
+    order = [r.sop_uid for r in service.instances_to_read(study.study_uid)]
+    _corrupt(service, study, order[bad])
+    responses = _move_responses(scp, study.study_uid)
+    status, identifier = responses[-1]
+    assert status.Status == 0xB000  # Warning: Sub-operations Complete - One or more Failures
+    assert (status.NumberOfCompletedSuboperations, status.NumberOfFailedSuboperations) == (5, 1)
+    assert identifier is not None and _uids(identifier.FailedSOPInstanceUIDList) == [order[bad]]
+    good = [u for u in study.sop_uids if u != order[bad]]
+    deadline = time.monotonic() + 10
+    while len(storescp.received()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert_as_stored(storescp.received(), study, good)
+    raw: dict[str, bytes] = {}
+    statuses = _pynetdicom_get(scp, _study_level(study.study_uid), raw)
+    assert statuses[-1].Status == 0xB000
+    assert (statuses[-1].NumberOfCompletedSuboperations, statuses[-1].NumberOfFailedSuboperations) == (5, 1)
+    assert sorted(raw) == sorted(good)
+
+
+def test_move_where_every_instance_is_bad_fails(scp: DicomServer, service: ArchiveService, storescp: StoreSCP,
+                                                study: StoredStudy) -> None:
+    for uid in study.sop_uids:
+        _corrupt(service, study, uid)
+    status, identifier = _move_responses(scp, study.study_uid)[-1]
+    assert status.Status == 0xA702  # Refused: Out of Resources - Unable to perform sub-operations
+    assert status.NumberOfFailedSuboperations == 6 and status.NumberOfCompletedSuboperations == 0
+    assert identifier is not None and sorted(_uids(identifier.FailedSOPInstanceUIDList)) == sorted(study.sop_uids)
+    assert storescp.received() == {}
+
+
+def test_file_moved_between_check_and_send_is_read_again(service: ArchiveService, storescp: StoreSCP,
+                                                         study: StoredStudy, caplog: pytest.LogCaptureFixture) -> None:
+    """ilm.dicom.sending directly: an instance sent from its checked file; one whose file was
+    replaced since it was checked is read again (``reread``) and sent as a dataset; an
+    Unsendable fails without anything sent."""
+    from ilm.dicom.sending import StoredFile, Unsendable, send_files_over
+
+    refs = service.instances_to_read(study.study_uid)
+    ct = [r for r in refs if r.sop_class_uid == CTImageStorage][:2]
+    ae = AE(ae_title="ILMSEND")
+    ae.add_requested_context(CTImageStorage, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", storescp.port, ae_title=DEST, max_pdu=0)
+    assert assoc.is_established
+    rereads: list[str] = []
+    caplog.set_level(logging.DEBUG, logger="ilm.dicom.sending")
+
+    def reread(ref: object) -> bytes:
+        rereads.append(ref.sop_uid)  # type: ignore[attr-defined]
+        return service.read(ref)  # type: ignore[arg-type]
+
+    try:
+        send_files_over(assoc)
+        checked = [service.checked_file(r) for r in ct]
+        assert all(c is not None for c in checked)
+        path = checked[1].path  # type: ignore[union-attr]
+        path.chmod(0o644)
+        copy = path.with_name("copy")
+        copy.write_bytes(path.read_bytes())
+        copy.replace(path)  # the same bytes under another inode: not the file that was checked
+        for ref, c in zip(ct, checked):
+            status = assoc.send_c_store(StoredFile(ref.sop_class_uid, ref.sop_uid, c, lambda r=ref: reread(r)))  # type: ignore[arg-type]
+            assert status.Status == 0x0000
+        with pytest.raises(Exception, match="not sent: unreadable"):
+            assoc.send_c_store(Unsendable(ct[0].sop_class_uid, ct[0].sop_uid, "unreadable"))
+    finally:
+        assoc.release()
+    assert rereads == [ct[1].sop_uid]
+    assert "sent converted" not in caplog.text  # the first went out from its file, in its stored syntax
+    assert_as_stored(storescp.received(), study, [r.sop_uid for r in ct])
+
+
+def test_checked_file_is_only_for_plain_files_that_match(service: ArchiveService, study: StoredStudy) -> None:
+    from ilm.errors import IntegrityError
+
+    ref = service.instances_to_read(study.study_uid)[0]
+    checked = service.checked_file(ref)
+    assert checked is not None and checked.size == ref.size
+    with checked.open() as fh:
+        assert fh.read() == study.blobs[ref.sop_uid]
+    _corrupt(service, study, ref.sop_uid)
+    with pytest.raises(IntegrityError, match="does not match its SHA-256"):
+        service.checked_file(ref)
+    with pytest.raises(IntegrityError, match="written since it was checked"):
+        checked.open()

@@ -16,10 +16,11 @@ from typing import TypeVar
 __all__ = ["read_ahead"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-def read_ahead(read: Callable[[T], bytes], items: Sequence[T], *, window: int = 4,
-               max_bytes: int = 64 * 1024 * 1024, size: Callable[[T], int] | None = None) -> Iterator[tuple[T, bytes]]:
+def read_ahead(read: Callable[[T], R], items: Sequence[T], *, window: int = 4,
+               max_bytes: int = 64 * 1024 * 1024, size: Callable[[T], int] | None = None) -> Iterator[tuple[T, R]]:
     """``(item, read(item))`` for each item, in order, with up to ``window`` reads
     (and at most ``max_bytes`` by ``size``, but always one) in flight.
 
@@ -31,7 +32,7 @@ def read_ahead(read: Callable[[T], bytes], items: Sequence[T], *, window: int = 
             yield item, read(item)
         return
     pool = ThreadPoolExecutor(max_workers=window, thread_name_prefix="ilm-read")
-    pending: deque[tuple[T, Future[bytes], int]] = deque()
+    pending: deque[tuple[T, Future[R], int]] = deque()
     in_flight = 0
     nxt = 0
     try:

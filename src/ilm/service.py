@@ -41,6 +41,7 @@ from ilm.jobs import ApplyJobs, ApplyProgress
 from ilm.overview import Figures, Overview
 from ilm.models import IngestResult, IngestStatus, InstanceFacts, StudyDetail, StudyFilter, StudySummary, SummaryRow
 from ilm.storage import ObjectExists, Tier, open_tier
+from ilm.storage.filesystem import CheckedFile, FilesystemTier
 from ilm.uids import instance_key, validate_uid
 from ilm.spill import Spill
 from ilm import audit as audit_chain
@@ -579,6 +580,22 @@ class ArchiveService:
             if not fresh or (fresh[0].tier, fresh[0].key, fresh[0].pack_offset) == (ref.tier, ref.key, ref.pack_offset):
                 raise
             return self.read(fresh[0])
+
+    def checked_file(self, ref: InstanceRef) -> CheckedFile | None:
+        """The file that holds this instance, its bytes hashed just now against the catalog's
+        SHA-256, when the copy is a plain file on a filesystem tier (not encrypted, not packed,
+        not an archive tier): a retrieval sends that file as it is, without reading it into
+        memory first. None for any other copy, or when the file is gone (moved since ``ref``
+        was resolved): read those with ``read``. IntegrityError when the file's bytes do not
+        match the catalog's SHA-256: they are never sent."""
+        t = self.settings.tiers.get(ref.tier)
+        tier = self.tier(ref.tier)
+        if t is None or t.archive or ref.pack_offset is not None or not isinstance(tier, FilesystemTier):
+            return None
+        try:
+            return tier.checked_file(ref.key, ref.sha256)
+        except ObjectNotFound:
+            return None
 
     def prepare_read(self, study_uid: str, *, wait_seconds: float = 0.0) -> None:
         """Make sure every instance of a study can be read now, or raise NotReady

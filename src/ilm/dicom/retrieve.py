@@ -5,22 +5,31 @@ PATIENT (Patient Root only: every study of the Patient ID), STUDY, SERIES
 and IMAGE, by unique keys (a list of UIDs is allowed at the level
 retrieved; the keys of the levels above must be given, one value each).
 Instances are resolved through the service, each from its hottest verified
-copy, and sent as they are stored: the Part 10 bytes are parsed lazily (the
-elements stay raw) and pynetdicom writes those raw elements back unchanged,
-so pixel data is never decoded or re-encoded (about 1 ms per 512 KB CT
-image). Reads run ahead of the sending on worker threads (``ilm.readahead``).
+copy, and sent as they are stored, never decoded: a plain file on a
+filesystem tier is sent from the file itself (``ilm.dicom.sending``), any
+other copy (S3, encrypted, packed, restored) as its bytes parsed lazily,
+whose raw elements pynetdicom writes back unchanged. Every instance is
+checked against the catalog's SHA-256 before it is sent (the file hashed,
+or the bytes read); this and the reads run ahead of the sending on worker
+threads (``ilm.readahead``), four instances ahead.
 
 Before any sub-operation the handler calls ``service.prepare_read`` for each
 study (waiting up to ``dicom.retrieve_wait_seconds`` for a restore) and reads
-the first instance, so a study that is not readable now is refused as a
-whole with a status and an Error Comment, before anything is sent. One
-access per study is recorded (``note_access``) once its sending starts.
+the first instance, so a study that is not readable now (archive tier, tier
+down) is refused as a whole with a status and an Error Comment, before
+anything is sent. Once sending has started, an instance that cannot be read
+(bytes that do not match the catalog's SHA-256, a copy gone, a tier failing
+meanwhile) is one failed sub-operation: the others are still sent, and the
+final response names it in the Failed SOP Instance UID List. One access per
+study is recorded (``note_access``) once its sending starts.
 
-Statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4), every failure with an Error Comment:
+Statuses (PS3.4 C.4.2.1.5 and C.4.3.1.4), every refusal with an Error Comment:
 
     all sub-operations done                       0x0000 Success
-    some C-STORE sub-operations failed            0xB000 Warning (pynetdicom)
-    every C-STORE sub-operation failed            0xA702 (pynetdicom)
+    some C-STORE sub-operations failed (the       0xB000 Warning, Failed SOP Instance UID
+      destination refused them, or an instance     List (pynetdicom counts them)
+      could not be read or did not match its SHA-256)
+    every C-STORE sub-operation failed            0xA702, Failed SOP Instance UID List
     study on an archive tier / being restored     0xA702 Refused: Out of Resources -
                                                   Unable to perform sub-operations.
                                                   "Study is being restored; ready in about N s"
@@ -50,6 +59,7 @@ handshake (the reason its context noted), or no association at all.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -57,10 +67,8 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
@@ -73,7 +81,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
 from ilm.dicom.outgoing import DestinationTls, destination_tls
-from ilm.errors import IlmError, InvalidUID, NotReady, StorageError
+from ilm.dicom.sending import StoredFile, Unsendable, send_files_over, sends_files, stored_dataset
+from ilm.errors import IlmError, IntegrityError, InvalidUID, NotReady, StorageError
 from ilm.models import StudyFilter
 from ilm.readahead import read_ahead
 from ilm.uids import validate_uid
@@ -228,7 +237,7 @@ def _not_ready_comment(exc: NotReady) -> str:
 class RetrievePlan:
     refs: list[Any]
     studies: list[str]
-    first: bytes | None = None  # the first instance, read while checking the tier
+    first: Dataset | None = None  # what to send of the first instance, read while checking the tier
 
 
 def plan_retrieve(service: "ArchiveService", identifier: Dataset, patient_root: bool, wait_seconds: float) -> RetrievePlan:
@@ -250,34 +259,57 @@ def plan_retrieve(service: "ArchiveService", identifier: Dataset, patient_root: 
     if any(r.tier in archive for r in refs):
         refs = select_instances(service, keys)  # restored copies are readable now: read those
     plan = RetrievePlan(refs, studies)
-    if refs:
-        plan.first = _read(service, refs[0])
+    if refs:  # the tier is checked on the first instance: a tier that cannot be read refuses the whole request
+        ref = refs[0]
+        try:
+            plan.first = _load(service, ref)
+        except IntegrityError as exc:  # this instance's bytes are bad, not the tier: the others are sent
+            plan.first = _unsendable(ref, exc)
+        except NotReady as exc:
+            raise Refusal(STATUS_CANNOT_PERFORM, _not_ready_comment(exc), str(exc)) from None
+        except (StorageError, IlmError) as exc:
+            raise Refusal(STATUS_CANNOT_PERFORM, f"tier {ref.tier} cannot be read",
+                          f"{ref.sop_uid} on tier {ref.tier!r}: {exc}") from None
     return plan
 
 
-def _read(service: "ArchiveService", ref: Any) -> bytes:
+def _read_checked(service: "ArchiveService", ref: Any) -> bytes:
+    """The instance's bytes, from whichever copy is readable now, checked against the catalog's SHA-256."""
+    blob = service.read(ref)
+    if hashlib.sha256(blob).hexdigest() != ref.sha256:
+        raise IntegrityError(f"{ref.sop_uid} on tier {ref.tier!r} does not match its SHA-256")
+    return blob
+
+
+def _load(service: "ArchiveService", ref: Any) -> Dataset:
+    """What to send of one instance: its checked file (a plain file on a filesystem tier,
+    sent as it is) or the dataset of its checked bytes (ilm.dicom.sending)."""
+    checked = service.checked_file(ref)
+    if checked is not None:
+        return StoredFile(ref.sop_class_uid, ref.sop_uid, checked, lambda: _read_checked(service, ref))
+    return stored_dataset(_read_checked(service, ref))
+
+
+def _unsendable(ref: Any, exc: Exception) -> Unsendable:
+    log.warning("instance %s of study %s cannot be sent (a failed sub-operation): %s", ref.sop_uid, ref.study_uid, exc)
+    return Unsendable(ref.sop_class_uid, ref.sop_uid, str(exc))
+
+
+def _load_or_fail(service: "ArchiveService", ref: Any) -> Dataset:
     try:
-        return service.read(ref)
-    except NotReady as exc:
-        raise Refusal(STATUS_CANNOT_PERFORM, _not_ready_comment(exc), str(exc)) from None
-    except (StorageError, IlmError) as exc:
-        raise Refusal(STATUS_CANNOT_PERFORM, f"tier {ref.tier} cannot be read", f"{ref.sop_uid} on tier {ref.tier!r}: {exc}") from None
+        return _load(service, ref)
+    except IlmError as exc:  # StorageError (IntegrityError, ObjectNotFound, NotReady ...) or a catalog error
+        return _unsendable(ref, exc)
 
 
-def stored_dataset(blob: bytes) -> Dataset:
-    """A Part 10 file as a dataset whose elements stay raw: encoding it again
-    in its own transfer syntax writes the stored bytes back unchanged."""
-    return dcmread(BytesIO(blob))
-
-
-def _instances(service: "ArchiveService", plan: RetrievePlan) -> Iterator[tuple[Any, bytes]]:
+def _instances(service: "ArchiveService", plan: RetrievePlan) -> Iterator[tuple[Any, Dataset]]:
+    """Each instance with what to send of it, read ahead on worker threads (hashing included)."""
     if not plan.refs:
         return
     assert plan.first is not None
     yield plan.refs[0], plan.first
     rest = plan.refs[1:]
-    for ref, blob in read_ahead(lambda r: _read(service, r), rest, window=4, size=lambda r: int(r.size)):
-        yield ref, blob
+    yield from read_ahead(lambda r: _load_or_fail(service, r), rest, window=4, size=lambda r: int(r.size))
 
 
 def _failed_list(uids: Sequence[str]) -> Dataset:
@@ -286,8 +318,13 @@ def _failed_list(uids: Sequence[str]) -> Dataset:
     return ds
 
 
-def _send(event: "Event", service: "ArchiveService", plan: RetrievePlan, interface: str) -> Iterator[Any]:
-    """Yield the number of sub-operations, then (status, dataset) per instance."""
+def _send(event: "Event", service: "ArchiveService", plan: RetrievePlan, interface: str,
+          sends_files: Callable[[], bool]) -> Iterator[Any]:
+    """Yield the number of sub-operations, then (status, dataset) per instance.
+
+    An instance that cannot be read is yielded as an ``Unsendable``: pynetdicom counts it
+    as a failed sub-operation (its UID in the Failed SOP Instance UID List) and the others
+    are still sent; the final status is 0xB000 Warning, or 0xA702 when every one failed."""
     yield len(plan.refs)
     who = str(event.assoc.requestor.ae_title).strip()
     counts: dict[str, int] = {}
@@ -295,17 +332,17 @@ def _send(event: "Event", service: "ArchiveService", plan: RetrievePlan, interfa
         counts[r.study_uid] = counts.get(r.study_uid, 0) + 1
     for study in plan.studies:
         service.note_access(study, interface, who, counts[study])
-    done = 0
-    try:
-        for ref, blob in _instances(service, plan):
-            if event.is_cancelled:
-                yield STATUS_CANCEL, _failed_list([r.sop_uid for r in plan.refs[done:]])
-                return
-            yield STATUS_PENDING, stored_dataset(blob)
-            done += 1
-    except Refusal as exc:
-        log.warning("%s from %s stopped after %d of %d instances: %s", interface, who, done, len(plan.refs), exc)
-        yield exc.status_dataset(), _failed_list([r.sop_uid for r in plan.refs[done:]])
+    files = sends_files()
+    for done, (ref, item) in enumerate(_instances(service, plan)):
+        if event.is_cancelled:
+            yield STATUS_CANCEL, _failed_list([r.sop_uid for r in plan.refs[done:]])
+            return
+        if isinstance(item, StoredFile) and not files:
+            try:
+                item = item.as_dataset()
+            except IlmError as exc:
+                item = _unsendable(ref, exc)
+        yield STATUS_PENDING, item
 
 
 def _patient_root(event: "Event") -> bool:
@@ -321,6 +358,7 @@ def _identifier(event: "Event") -> Dataset:
 
 def handle_get(event: "Event", service: "ArchiveService", settings: DicomSettings) -> Iterator[Any]:
     """C-GET: send the matching instances over the requester's own association."""
+    send_files_over(event.assoc)
     try:
         plan = plan_retrieve(service, _identifier(event), _patient_root(event), settings.retrieve_wait_seconds)
     except Refusal as exc:
@@ -328,7 +366,7 @@ def handle_get(event: "Event", service: "ArchiveService", settings: DicomSetting
         yield 1
         yield exc.status_dataset(), _failed_list([])
         return
-    yield from _send(event, service, plan, "c-get")
+    yield from _send(event, service, plan, "c-get", lambda: sends_files(event.assoc))
 
 
 @dataclass
@@ -381,16 +419,19 @@ class ResponseAmendments:
 
 
 def _store_contexts(refs: Sequence[Any]) -> list[Any]:
-    """Presentation contexts for sending these instances: each SOP class with its
-    stored transfer syntax; uncompressed ones also offer the other uncompressed syntaxes."""
-    wanted: dict[tuple[str, str], list[str]] = {}
+    """Presentation contexts for sending these instances: one per SOP class and stored
+    transfer syntax, offering that syntax alone (so that an instance goes out as it is
+    stored, from its file); then, per SOP class stored uncompressed, one offering every
+    uncompressed syntax, for a destination that refuses the stored one (pynetdicom converts)."""
+    exact: dict[tuple[str, str], None] = {}
+    convertible: dict[str, None] = {}
     for r in refs:
         ts = str(r.transfer_syntax_uid)
+        exact[(str(r.sop_class_uid), ts)] = None
         if ts in _UNCOMPRESSED:
-            wanted.setdefault((r.sop_class_uid, "uncompressed"), [ts] + [t for t in _UNCOMPRESSED if t != ts])
-        else:
-            wanted.setdefault((r.sop_class_uid, ts), [ts])
-    contexts = [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in wanted.items()]
+            convertible[str(r.sop_class_uid)] = None
+    contexts = [build_context(sop_class, [ts]) for sop_class, ts in exact]
+    contexts += [build_context(sop_class, list(_UNCOMPRESSED)) for sop_class in convertible]
     if len(contexts) > _MAX_CONTEXTS:
         log.warning("C-MOVE needs %d presentation contexts; proposing the first %d", len(contexts), _MAX_CONTEXTS)
     return contexts[:_MAX_CONTEXTS]
@@ -411,13 +452,23 @@ def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettin
         amendments.refuse(event, exc)
         yield None, None
         return
-    options: dict[str, Any] = {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size}
+    # The sub-association: opened once per move, proposing exactly the SOP classes and transfer
+    # syntaxes of the instances to send; pynetdicom sends PDUs as large as the destination accepts
+    # (its maximum length; unlimited when it says 0). Its send_c_store sends files (ilm.dicom.sending).
+    sub: list[Any] = []
+
+    def established(ev: "Event") -> None:
+        send_files_over(ev.assoc)
+        sub.append(ev.assoc)
+
+    options: dict[str, Any] = {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size,
+                               "evt_handlers": [(evt.EVT_ESTABLISHED, established)]}
     secure = tls.get(name)
     if secure is not None:
         options["tls_args"] = secure.tls_args
     amendments.if_unreachable(event, name, dest.host, dest.port, secure)
     yield dest.host, dest.port, options
-    yield from _send(event, service, plan, "c-move")
+    yield from _send(event, service, plan, "c-move", lambda: bool(sub) and sends_files(sub[0]))
 
 
 def retrieve_handlers(service: "ArchiveService", settings: DicomSettings) -> list[Any]:

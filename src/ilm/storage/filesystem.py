@@ -20,14 +20,16 @@ import os
 import stat as stat_mode
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from ilm.errors import IntegrityError, ObjectLocked, ObjectNotFound, StorageError, TierFull, TierUnavailable
 from ilm.models import StoredObject
 from ilm.storage.base import ObjectExists, check_key, check_range, sha256_hex
 
-__all__ = ["FilesystemTier"]
+__all__ = ["FilesystemTier", "CheckedFile"]
 
 _TMP = ".tmp-"
 
@@ -69,6 +71,39 @@ def _hash_fd(fd: int) -> tuple[str, int]:
         h.update(view[:n])
         size += n
     return h.hexdigest(), size
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass(frozen=True)
+class CheckedFile:
+    """A file of a tier whose bytes were hashed to the SHA-256 the caller expected.
+
+    ``open()`` opens it again, for a sender that reads the file itself (a
+    C-STORE sent from the file, ilm.dicom.sending), and refuses it with
+    IntegrityError when the name now holds another file or the file was
+    written since it was hashed (device, inode, size, modification and change
+    time differ): ilm never writes a file twice, so an unchanged identity is
+    the file that was checked. ObjectNotFound when it is gone (moved since).
+    """
+
+    path: Path
+    size: int
+    identity: tuple[int, int, int, int, int]
+
+    def open(self) -> BinaryIO:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.path} is gone since it was checked") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        if _identity(os.fstat(fh.fileno())) != self.identity:
+            fh.close()
+            raise IntegrityError(f"{self.path} was replaced or written since it was checked")
+        return fh
 
 
 class FilesystemTier:
@@ -196,6 +231,24 @@ class FilesystemTier:
             return path.read_bytes()
         except OSError as exc:
             raise self._read_error(key, exc) from None
+
+    def checked_file(self, key: str, sha256: str) -> CheckedFile:
+        """The file at ``key`` once its bytes hash to ``sha256`` (read here, on the caller's
+        thread): IntegrityError when they do not, ObjectNotFound when it is absent."""
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                before = os.fstat(fd)
+                digest, size = _hash_fd(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self._read_error(key, exc) from None
+        if digest != sha256:
+            raise IntegrityError(f"tier {self.name!r}: {key} does not match its SHA-256 "
+                                 f"(holds {size} bytes hashing to {digest[:12]}..., expected {sha256[:12]}...)")
+        return CheckedFile(path, size, _identity(before))
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         path = self._path(key)
