@@ -283,3 +283,24 @@ def test_rest_export_of_an_archived_study_is_503_and_writes_nothing(
     assert r.status_code == 503 and "restored first" in r.json()["detail"]
     assert access_rows(service) == [] and exports_in_trail(service) == []
     assert not list((service.settings.home / "tmp").iterdir())
+
+
+def test_a_packed_study_is_exported_member_by_member(tmp_path: Path, catalog_url: str,
+                                                     pydicom_test_files: Path) -> None:
+    """On a tier with pack_studies the instances are byte ranges of one object: each is exported
+    as its own file, the very bytes catalogued."""
+    home = tmp_path / "packed-home"
+    write_config(home, catalog_url, '\n[tiers.packs]\nkind = "filesystem"\npath = "tiers/packs"\n'
+                                    'fsync = false\npack_studies = true\n')
+    svc = ArchiveService.open(load_settings(home=home, env={}))
+    try:
+        st = make_study(svc, [pydicom_test_files / n for n in SOURCES], tmp_path / "src", per_source=1)
+        assert move_study(svc.catalog, svc.tier, st.study_uid, "packs").ok
+        assert {r.tier for r in svc.instances_to_read(st.study_uid)} == {"packs"}
+        report = svc.export([st.study_uid], tmp_path / "out", dicomdir=True, by="test")
+        assert report.written == 4  # three instances and the DICOMDIR
+        fs = FileSet(tmp_path / "out" / "DICOMDIR")
+        assert {str(i.SOPInstanceUID): hashlib.sha256(Path(i.path).read_bytes()).hexdigest() for i in fs} == \
+            catalog_sha(svc, st.study_uid)
+    finally:
+        svc.close()
