@@ -92,7 +92,7 @@ def _clear_plans(url: str) -> None:
     eng = sa.create_engine(url)
     try:
         with eng.begin() as c:
-            for t in ("plan_actions", "plans"):
+            for t in ("plan_actions", "plan_rule_actions", "plans"):
                 c.execute(sa.text(f"DELETE FROM {t}"))
     finally:
         eng.dispose()

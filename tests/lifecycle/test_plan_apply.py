@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pydicom
@@ -138,3 +138,51 @@ def test_as_of_previews_the_future(service: ArchiveService, archive: dict[str, s
     assert decided[archive["mid_ct"]] == "expire"  # 2020 + 10y < 2031
     with service.catalog.read() as c:
         assert c.execute(sa.text("SELECT count(*) FROM plans")).scalar_one() == 0
+
+
+def test_actions_a_rule_decided_are_listed_paged_recorded_and_outlive_a_purge(
+        service: ArchiveService, archive: dict[str, str], tmp_path: Path) -> None:
+    """The database stores the expiries and moves a rule decided as rows of integers
+    (plan_rule_actions), the others as full rows (plan_actions): the readers show both as one list."""
+    from ilm.catalog.plans import plan_action_totals
+
+    src = _source(service, _policy(tmp_path, service))
+    plan = make_plan(service.catalog, service.settings, src, as_of=AS_OF, created_by="alice").plan
+    with service.catalog.read() as c:
+        n_rule = c.execute(sa.text("SELECT count(*) FROM plan_rule_actions WHERE plan_id = :p AND code > 0"),
+                           {"p": plan.id}).scalar_one()
+        n_full = c.execute(sa.text("SELECT count(*) FROM plan_actions WHERE plan_id = :p"), {"p": plan.id}).scalar_one()
+        rows = list(plan_action_rows(c, plan.id))
+        # Pages cut across the two tables in the same order as the whole list.
+        paged = [r for off in range(0, 4) for r in plan_action_rows(c, plan.id, limit=1, offset=off)]
+        two = list(plan_action_rows(c, plan.id, limit=2, offset=1))
+        totals = plan_action_totals(c, plan.id)
+    assert (n_rule, n_full) == (2, 1)  # old CT expires, mid CT moves; the mammogram is kept by a veto
+    assert [r.study_uid for r in rows] == [archive["old_ct"], archive["mid_ct"], archive["mg"]]
+    assert paged == rows and two == rows[1:3]
+    old = rows[0]
+    assert (old.decision, old.rule_id, old.reason, old.state, old.vetoes) == ("expire", "old-ct-expires", "expire",
+                                                                               "pending", [])
+    assert (rows[1].decision, rows[1].target_tier, rows[1].reason) == ("transition", "warm", "move to warm")
+    assert old.fingerprint == f"{old.instance_count}/{old.size_bytes}//0" and old.instance_count == 2
+    assert totals[("pending", "expire")][0] == 1 and totals[("pending", "transition")][0] == 1
+    assert totals[("kept", "keep")][0] == 1
+
+    report = apply_plan(service.catalog, service.settings, service.tier, plan.id, src, approved_by="bob")
+    assert report.done == 2
+    with service.catalog.read() as c:
+        states = {r.study_uid: (r.state, r.reason) for r in plan_action_rows(c, plan.id)}
+    assert states[archive["old_ct"]] == ("done", f"quarantined for {service.settings.lifecycle.quarantine_days} days")
+    assert states[archive["mid_ct"]][0] == "done" and states[archive["mid_ct"]][1].startswith("moved 2 instances")
+
+    # Purged: the study's row is gone, the plan still names it.
+    later = datetime.now(timezone.utc) + timedelta(days=service.settings.lifecycle.quarantine_days + 1)
+    retention.purge(service.catalog, service.tier, by="carol", now=later)
+    assert service.study(archive["old_ct"]) is None
+    with service.catalog.read() as c:
+        after = {r.study_uid: r for r in plan_action_rows(c, plan.id)}
+        left = c.execute(sa.text("SELECT count(*) FROM plan_rule_actions WHERE plan_id = :p AND code > 0"),
+                         {"p": plan.id}).scalar_one()
+    assert set(after) == set(states) and left == 1
+    assert (after[archive["old_ct"]].decision, after[archive["old_ct"]].state) == ("expire", "done")
+    assert after[archive["old_ct"]].fingerprint == old.fingerprint

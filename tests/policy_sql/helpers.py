@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from ilm.catalog import Catalog
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.policy_sql import NotCompilable, SqlPlan, consistent_read, no_rule_decision, plan_in_sql
-from ilm.catalog.schema import audit_log, holds, patients, plan_actions, plans, studies
+from ilm.catalog.schema import audit_log, holds, patients, plan_actions, plan_rule_actions, plans, studies
 from ilm.policy import Decision, Policy, evaluate, parse_policy
 from ilm.policy.conditions import AttributeCondition, Condition, NotCondition, AnyCondition
 from ilm.policy.matchers import Negated, Regex
@@ -84,7 +84,7 @@ class Archive:
 
 
 def reset(conn: sa.engine.Connection) -> None:
-    for t in (plan_actions, plans, audit_log, holds, studies, patients):
+    for t in (plan_actions, plan_rule_actions, plans, audit_log, holds, studies, patients):
         conn.execute(t.delete())
 
 
@@ -132,7 +132,7 @@ def decide_both(catalog: Catalog, policy: Policy, as_of: date) -> Both:
         consistent_read(conn)
         inputs = load_policy_inputs(conn)
         pure = {s.study_uid: evaluate(policy, s, inputs.patients.get(s.patient_key), as_of) for s in inputs.studies}
-    with catalog.write() as conn:  # the temporary table of codes is written
+    with catalog.write() as conn:  # the codes are written (under a plan id of their own, deleted by close())
         consistent_read(conn)
         sql = plan_in_sql(conn, policy, as_of)
         if sql is None:

@@ -56,18 +56,17 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Column,
     DateTime,
-    MetaData,
-    Table,
     Integer,
     String,
     and_,
@@ -87,15 +86,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.sql.functions import FunctionElement
 
 from ilm.catalog.plans import _MULTI as _MULTI_TIER  # the same "held on several tiers" as the plan's cost
-from ilm.catalog.plans import _multi_tier_bytes, study_tier_bytes
+from ilm.catalog.plans import _multi_tier_bytes, rule_codes_of, study_tier_bytes
 from ilm.catalog.locks import study_locks
 from ilm.catalog.retention import list_holds, patient_key
-from ilm.catalog.schema import holds, instances, locations, patients, plan_actions, plans, studies
+from ilm.catalog.schema import holds, instances, locations, patients, plan_actions, plan_rule_actions, plans, studies
 from ilm.policy.conditions import (
     AgeCondition,
     AnyCondition,
@@ -125,7 +122,7 @@ from ilm.policy.rules import Action, Policy
 
 __all__ = [
     "NotCompilable", "CompiledPolicy", "SqlPlan", "ALREADY", "compile_policy", "plan_in_sql", "count_in_sql",
-    "threshold", "no_rule_decision", "decision_of_code", "fingerprint_sql", "consistent_read", "discarded",
+    "threshold", "no_rule_decision", "decision_of_code", "consistent_read", "discarded",
     "catalog_state", "catalog_state_and_tier_bytes", "insert_actions", "finish_plan", "action_keys",
     "plan_decision_rows", "PureChunk", "evaluate_chunk", "same_snapshot",
 ]
@@ -752,43 +749,6 @@ def decision_of_code(policy: Policy, code: int, uid: str) -> Decision:
 
 # ---- the plan's own rows -----------------------------------------------------------------
 
-_codes = Table(
-    "ilm_plan_codes", MetaData(),
-    Column("id", Integer, primary_key=True), Column("code", Integer, nullable=False),
-    prefixes=["TEMPORARY"],
-)
-
-
-def fingerprint_sql() -> Any:
-    """What ``ilm.lifecycle.plan.fingerprint`` makes of a study row: ``instances/bytes/last read/holds``.
-
-    The last read is the UTC wall clock with microseconds, ``YYYY-MM-DD
-    HH:MM:SS.ffffff`` (SQLite keeps exactly this text), or empty. Studies
-    with holds are evaluated by the pure code, so the SQL's count is 0.
-    """
-    s = studies.c
-    return (cast(s.instance_count, String) + literal("/") + cast(s.size_bytes, String) + literal("/")
-            + func.coalesce(_utc_text(s.last_accessed_at), "") + literal("/0"))
-
-
-class _utc_text(FunctionElement[str]):  # noqa: N801 (a SQL function)
-    """A timestamp as UTC text ``YYYY-MM-DD HH:MM:SS.ffffff``."""
-
-    type = String()
-    inherit_cache = True
-    name = "ilm_utc_text"
-
-
-@compiles(_utc_text, "sqlite")
-def _utc_text_sqlite(el: Any, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(el.clauses, **kw))  # SQLAlchemy's own storage text
-
-
-@compiles(_utc_text, "postgresql")
-def _utc_text_pg(el: Any, compiler: Any, **kw: Any) -> str:
-    return f"to_char(({compiler.process(el.clauses, **kw)}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
-
-
 def _key_collisions(conn: Connection) -> bool:
     """Whether two patients share a patient key (``ID`` / ``ISSUER:ID``), which only a ':' allows."""
     p = patients.c
@@ -841,37 +801,41 @@ def _study_facts(r: Any, study_holds: dict[str, tuple[Hold, ...]],
 class SqlPlan:
     """A plan the database makes, on one connection inside one transaction.
 
-    :meth:`decide` computes every active study's code into a temporary
-    table; :meth:`write_actions` inserts the actions the SQL decided into
-    ``plan_actions``; :meth:`pure` evaluates the remaining studies with the
-    pure code (the caller stores those); :meth:`kept_by_rule` lists the
-    studies a rule kept (a keep rule, or a transition to where they are).
+    :meth:`decide` writes a row of ``plan_rule_actions`` for every active
+    study whose code is not 0, under the plan's id: the expiries and moves
+    a rule decided are stored that way (:meth:`rule_codes` maps their codes
+    to what readers show), a study a rule kept keeps its code, a study the
+    SQL cannot decide has code -1. :meth:`pure` evaluates those with the
+    pure code (the caller stores the result in ``plan_actions``).
     """
 
     compiled: CompiledPolicy
     conn: Connection
     study_holds: dict[str, tuple[Hold, ...]]
     patient_holds: dict[str, tuple[Hold, ...]]
+    plan_id: str
+    scratch: bool = False     # a plan id of its own: close() deletes its rows
     pure_evaluated: int = 0   # studies handed to the pure evaluate()
-    sql_decided: int = 0      # studies a rule decided in SQL
+
+    def _rows(self) -> Any:
+        return plan_rule_actions.c.plan_id == self.plan_id
 
     def decide(self) -> None:
         """Compute every active study's code (NotCompilable: SQLite refuses the statement; nothing was done)."""
         conn = self.conn
-        _create_codes(conn)
         try:
-            conn.execute(_decide_statement(self.compiled))
+            conn.execute(_decide_statement(self.compiled, self.plan_id))
         except OperationalError as exc:
             # SQLite refuses the statement while preparing it: nothing was read or written.
             if conn.dialect.name == "sqlite" and _refused(exc):
-                self.close()
                 raise NotCompilable(f"the database refuses the policy's statement: {exc.orig}") from None
             raise
+        r = plan_rule_actions.c
         held = self._held_ids()
         for i in range(0, len(held), _FETCH):
-            conn.execute(update(_codes).where(_codes.c.id.in_(held[i:i + _FETCH])).values(code=-1))
+            conn.execute(update(plan_rule_actions).where(self._rows(), r.study_pk.in_(held[i:i + _FETCH]))
+                         .values(code=-1))
         self._locked_expiries()
-        self.sql_decided = int(conn.execute(select(func.count()).where(_codes.c.code > 0)).scalar_one())
 
     def _locked_expiries(self) -> None:
         """An expiry of a study with a WORM copy locked on or after the plan's date: the pure code
@@ -883,7 +847,9 @@ class SqlPlan:
         start = datetime.combine(self.compiled.as_of, time.min, tzinfo=timezone.utc)
         locked = (select(instances.c.study_pk).join(locations, locations.c.instance_pk == instances.c.id)
                   .where(locations.c.retain_until >= start))
-        self.conn.execute(update(_codes).where(_codes.c.code.in_(expiring), _codes.c.id.in_(locked)).values(code=-1))
+        r = plan_rule_actions.c
+        self.conn.execute(update(plan_rule_actions).where(self._rows(), r.code.in_(expiring), r.study_pk.in_(locked))
+                          .values(code=-1))
 
     def _held_ids(self) -> list[int]:
         """Active studies with a hold on them or on their patient: the pure code decides (and counts the holds)."""
@@ -900,54 +866,33 @@ class SqlPlan:
             ids.update(self.conn.execute(select(s.id).where(s.patient_pk.in_(pks))).scalars())
         return sorted(ids)
 
-    def write_actions(self, plan_id: str) -> int:
-        """Insert the expiries and moves the SQL decided; return how many."""
+    def _acting(self) -> dict[int, Any]:
         rules = self.compiled.policy.rules
-        acting = [(k + 1, r) for k, r in enumerate(rules) if r.action in (Action.EXPIRE, Action.TRANSITION)]
-        if not acting:
-            return 0
-        code = _codes.c.code
+        return {k + 1: r for k, r in enumerate(rules) if r.action in (Action.EXPIRE, Action.TRANSITION)}
 
-        def by_code(values: dict[int, Any]) -> Any:
-            if not values:
-                return null()
-            return case({k: literal(v) for k, v in values.items()}, value=code, else_=null())
-
-        s = studies.c
-        rows = (
-            select(
-                literal(plan_id), s.study_uid,
-                by_code({k: r.action.value for k, r in acting}),
-                by_code({k: r.tier for k, r in acting if r.action is Action.TRANSITION}),
-                by_code({k: r.id for k, r in acting}),
-                literal("[]"), fingerprint_sql(), s.instance_count, s.size_bytes, literal("pending"),
-                by_code({k: ("expire" if r.action is Action.EXPIRE else f"move to {r.tier}") for k, r in acting}),
-            )
-            .select_from(_codes.join(studies, studies.c.id == _codes.c.id))
-            .where(code.in_([k for k, _ in acting]))
-        )
-        res = self.conn.execute(plan_actions.insert().from_select(
-            ["plan_id", "study_uid", "decision", "target_tier", "rule_id", "vetoes", "fingerprint",
-             "instance_count", "size_bytes", "state", "reason"], rows))
-        return max(res.rowcount, 0)
+    def rule_codes(self) -> dict[int, tuple[str, str | None, str, str]]:
+        """Code -> (decision, target tier, rule id, reason) of the expiries and moves a rule decided,
+        worded as :func:`ilm.policy.evaluate` words them (stored with the plan: ``plans.rule_codes``)."""
+        return {k: (r.action.value, r.tier if r.action is Action.TRANSITION else None, r.id,
+                    "expire" if r.action is Action.EXPIRE else f"move to {r.tier}")
+                for k, r in self._acting().items()}
 
     def totals(self) -> tuple[dict[tuple[str, str, str], list[int]], list[tuple[str, str, str | None, int]]]:
-        """What :meth:`write_actions` stored, summed: per (action, rule, tier) [studies, instances,
+        """The expiries and moves the SQL decided, summed: per (action, rule, tier) [studies, instances,
         bytes], and bytes per (tier holding them, action, target tier), as
         :func:`ilm.catalog.plans.study_tier_bytes` counts them (one tier: the study's size; several: its
         verified copies)."""
-        rules = self.compiled.policy.rules
-        acting = {k + 1: r for k, r in enumerate(rules) if r.action in (Action.EXPIRE, Action.TRANSITION)}
+        acting = self._acting()
         per_rule: dict[tuple[str, str, str], list[int]] = {}
         moved: list[tuple[str, str, str | None, int]] = []
         if not acting:
             return per_rule, moved
-        s, code = studies.c, _codes.c.code
-        src = _codes.join(studies, studies.c.id == _codes.c.id)
-        several = case((_MULTI_TIER, 1), else_=0)
-        q = (select(code, several, s.tiers, func.count(), func.coalesce(func.sum(s.instance_count), 0),
-                    func.coalesce(func.sum(s.size_bytes), 0))
-             .select_from(src).where(code.in_(list(acting))).group_by(code, several, s.tiers))
+        s, r = studies.c, plan_rule_actions.c
+        src = plan_rule_actions.join(studies, studies.c.id == r.study_pk)
+        several = case((r.tiers.contains("\\", autoescape=True), 1), else_=0)  # as plans._MULTI
+        q = (select(r.code, several, r.tiers, func.count(), func.coalesce(func.sum(r.instance_count), 0),
+                    func.coalesce(func.sum(r.size_bytes), 0))
+             .where(self._rows(), r.code.in_(list(acting))).group_by(r.code, several, r.tiers))
         many: list[tuple[str, int]] = []
         any_multi = False
         for c, multi, tiers, n, ic, b in self.conn.execute(q):
@@ -961,8 +906,8 @@ class SqlPlan:
                 moved.append((str(tiers), rule.action.value, rule.tier, int(b)))
             any_multi = any_multi or bool(multi)
         if any_multi:  # studies in the middle of a move: their verified copies, one by one
-            for uid, c in self.conn.execute(select(s.study_uid, code).select_from(src)
-                                            .where(code.in_(list(acting)), _MULTI_TIER)):
+            for uid, c in self.conn.execute(select(s.study_uid, r.code).select_from(src)
+                                            .where(self._rows(), r.code.in_(list(acting)), _MULTI_TIER)):
                 many.append((uid, int(c)))
         per = study_tier_bytes(self.conn, [uid for uid, _ in many])
         for uid, c in many:
@@ -974,26 +919,24 @@ class SqlPlan:
         """Every study a rule decided in SQL (with the facts a plan action needs), then :meth:`pure`.
 
         For a caller that must see each decision (the cooling moves of
-        ilm.lifecycle.tiering); otherwise :meth:`write_actions` is faster.
+        ilm.lifecycle.tiering, which then stores them all itself: see
+        :meth:`forget`); otherwise the rows :meth:`decide` wrote are the plan's.
         """
         policy = self.compiled.policy
-        s = studies.c
-        q = (select(s.study_uid, _codes.c.code, s.instance_count, s.size_bytes, s.last_accessed_at, s.tiers)
-             .select_from(_codes.join(studies, studies.c.id == _codes.c.id)).where(_codes.c.code > 0)
-             .order_by(_codes.c.id))
-        for r in self.conn.execute(q.execution_options(yield_per=20_000)):
-            facts = StudyFacts(study_uid=r.study_uid, instance_count=int(r.instance_count),
-                               size_bytes=int(r.size_bytes), last_accessed_at=r.last_accessed_at,
-                               tiers=split_multi(r.tiers))
-            yield decision_of_code(policy, int(r.code), r.study_uid), facts
+        s, r = studies.c, plan_rule_actions.c
+        q = (select(s.study_uid, r.code, s.instance_count, s.size_bytes, s.last_accessed_at, s.tiers)
+             .select_from(plan_rule_actions.join(studies, studies.c.id == r.study_pk))
+             .where(self._rows(), r.code > 0).order_by(r.study_pk))
+        for row in self.conn.execute(q.execution_options(yield_per=20_000)):
+            facts = StudyFacts(study_uid=row.study_uid, instance_count=int(row.instance_count),
+                               size_bytes=int(row.size_bytes), last_accessed_at=row.last_accessed_at,
+                               tiers=split_multi(row.tiers))
+            yield decision_of_code(policy, int(row.code), row.study_uid), facts
         yield from self.pure()
 
-    def kept_by_rule(self) -> list[tuple[int, int]]:
-        """(study id, code) of the studies a keep rule or a transition to their own tier decided."""
-        rules = self.compiled.policy.rules
-        keep = [k + 1 for k, r in enumerate(rules) if r.action is Action.KEEP]
-        q = select(_codes.c.id, _codes.c.code).where(or_(_codes.c.code > ALREADY, _codes.c.code.in_(keep)))
-        return [(int(i), int(c)) for i, c in self.conn.execute(q)]
+    def forget(self) -> None:
+        """Delete the rows :meth:`decide` wrote (the caller stores every decision itself)."""
+        self.conn.execute(plan_rule_actions.delete().where(self._rows()))
 
     def pure(self) -> Iterator[tuple[Decision, StudyFacts]]:
         """The pure evaluate() on the facts ilm.catalog.facts would load, for the studies the SQL left."""
@@ -1004,12 +947,13 @@ class SqlPlan:
         """The rows of the studies the SQL left and of their patients' studies, in study id order,
         ``size`` studies at a time, each chunk read when the iterator is advanced (one statement, and
         one per 5,000 patients)."""
-        c, s = _codes.c, studies.c
-        src = _codes.join(studies, s.id == c.id).join(patients, patients.c.id == s.patient_pk)
+        r, s = plan_rule_actions.c, studies.c
+        src = plan_rule_actions.join(studies, s.id == r.study_pk).join(patients, patients.c.id == s.patient_pk)
         self.pure_evaluated, last = 0, 0
         while True:
             rows = list(self.conn.execute(
-                select(*_FACT_COLUMNS).select_from(src).where(c.code < 0, c.id > last).order_by(c.id).limit(size)))
+                select(*_FACT_COLUMNS).select_from(src).where(self._rows(), r.code < 0, r.study_pk > last)
+                .order_by(r.study_pk).limit(size)))
             if not rows:
                 return
             last = int(rows[-1].id)
@@ -1031,7 +975,9 @@ class SqlPlan:
         return out
 
     def close(self) -> None:
-        self.conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
+        """A scratch plan's rows are deleted; a stored plan's stay (they are its actions)."""
+        if self.scratch:
+            self.forget()
 
 
 @dataclass(frozen=True)
@@ -1061,9 +1007,13 @@ def evaluate_chunk(policy: Policy, chunk: PureChunk, as_of: date) -> list[tuple[
     return [(evaluate(policy, f, p, as_of), f) for f, p in chunk.inputs()]
 
 
-def plan_in_sql(conn: Connection, policy: Policy, as_of: date) -> SqlPlan | None:
+def plan_in_sql(conn: Connection, policy: Policy, as_of: date, plan_id: str | None = None) -> SqlPlan | None:
     """The database's plan over every active study, or None when it cannot be exact here
-    (a part of the policy without SQL form on this database, or patients sharing a key)."""
+    (a part of the policy without SQL form on this database, or patients sharing a key).
+
+    Its rows are written under ``plan_id``; without one, under an id of its
+    own that :meth:`SqlPlan.close` deletes.
+    """
     try:
         compiled = compile_policy(policy, as_of, conn.dialect.name)
     except NotCompilable:
@@ -1072,15 +1022,9 @@ def plan_in_sql(conn: Connection, policy: Policy, as_of: date) -> SqlPlan | None
         return None
     compiled.register(conn)
     study_holds, patient_holds = _holds(conn)
-    return SqlPlan(compiled, conn, study_holds, patient_holds)
-
-
-def _create_codes(conn: Connection) -> None:
-    conn.exec_driver_sql("DROP TABLE IF EXISTS ilm_plan_codes")
-    if conn.dialect.name == "sqlite":
-        _codes.create(conn)  # the id is the rowid: free
-    else:  # no index to maintain while a million rows go in; joins hash it
-        conn.exec_driver_sql("CREATE TEMPORARY TABLE ilm_plan_codes (id INTEGER NOT NULL, code INTEGER NOT NULL)")
+    if plan_id is None:
+        return SqlPlan(compiled, conn, study_holds, patient_holds, f"~{secrets.token_hex(8)}", scratch=True)
+    return SqlPlan(compiled, conn, study_holds, patient_holds, plan_id)
 
 
 def _refused(exc: OperationalError) -> bool:
@@ -1088,17 +1032,23 @@ def _refused(exc: OperationalError) -> bool:
     return any(m in str(exc) for m in ("parser stack overflow", "too large", "too many"))
 
 
-def _decide_statement(compiled: CompiledPolicy) -> Any:
-    """INSERT the code of every active study that is not 0.
+def _decide_statement(compiled: CompiledPolicy, plan_id: str) -> Any:
+    """INSERT a row of plan_rule_actions for every active study whose code is not 0.
 
     The code is computed once per study, in a subquery the database may not
     merge into the outer query (OFFSET 0): written in both the select list
     and WHERE, it would be computed twice for every study kept, which are
     the studies whose code is the most expensive.
     """
-    inner = (select(studies.c.id.label("id"), compiled.code.label("code")).select_from(compiled.source)
-             .where(studies.c.state == "active").offset(0).subquery("coded"))
-    return _codes.insert().from_select(["id", "code"], select(inner.c.id, inner.c.code).where(inner.c.code != 0))
+    s = studies.c
+    inner = (select(s.id.label("id"), compiled.code.label("code"), s.instance_count, s.size_bytes,
+                    s.last_accessed_at, s.tiers).select_from(compiled.source)
+             .where(s.state == "active").offset(0).subquery("coded"))
+    c = inner.c
+    return plan_rule_actions.insert().from_select(
+        ["plan_id", "study_pk", "code", "instance_count", "size_bytes", "last_accessed_at", "tiers"],
+        select(literal(plan_id, String), c.id, c.code, c.instance_count, c.size_bytes, c.last_accessed_at, c.tiers)
+        .where(c.code != 0))
 
 
 def count_in_sql(conn: Connection, policy: Policy, as_of: date) -> int:
@@ -1230,32 +1180,61 @@ def finish_plan(conn: Connection, plan_id: str, summary: dict[str, Any], plan_sh
                  .values(summary=json.dumps(summary, sort_keys=True), plan_sha256=plan_sha256))
 
 
-def action_keys(conn: Connection, plan_id: str) -> Iterator[list[tuple[str, str, str | None, str | None]]]:
-    """(study UID, decision, target tier, rule) of every action of a plan, by UID in code point order, in batches."""
+def action_keys(conn: Connection, plan_id: str) -> Iterator[list[tuple[int, str, str | None, str | None]]]:
+    """(study id, decision, target tier, rule) of every action of a plan, in study id order, in batches:
+    the rows a rule decided (plan_rule_actions, with a code of ``plans.rule_codes``) merged with the rows
+    of plan_actions (their study ids looked up by UID)."""
+    codes = rule_codes_of(conn, plan_id)
+    keys = {c: (d, t, r) for c, (d, t, r, _) in codes.items()}
+    a = plan_actions.c
+    others = conn.execute(
+        select(studies.c.id, a.decision, a.target_tier, a.rule_id)
+        .join(studies, studies.c.study_uid == a.study_uid).where(a.plan_id == plan_id).order_by(studies.c.id))
+    rest: Iterator[tuple[int, str, str | None, str | None]] = ((int(i), d, t, rule) for i, d, t, rule in others)
+    if not keys:
+        while head := list(islice(rest, 50_000)):
+            yield head
+        return
+    r = plan_rule_actions.c
+    q = select(r.study_pk, r.code).where(r.plan_id == plan_id, r.code.in_(sorted(keys))).order_by(r.study_pk)
     if conn.dialect.name == "sqlite":
         # The driver's own cursor on the same connection (and transaction): plain tuples, no result processing.
-        raw = conn.connection.driver_connection
-        cur = raw.execute(  # type: ignore[union-attr]
-            "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = ? ORDER BY study_uid",
+        inlist = ", ".join(str(int(c)) for c in sorted(keys))
+        cur = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            f"SELECT study_pk, code FROM plan_rule_actions WHERE plan_id = ? AND code IN ({inlist}) ORDER BY study_pk",
             (plan_id,))
-        try:
-            while rows := cur.fetchmany(50_000):
-                yield rows
-        finally:
+        fetch = cur.fetchmany
+    else:
+        res = conn.execute(q.execution_options(stream_results=True))
+        cur, fetch = None, res.fetchmany
+    try:
+        nxt = next(rest, None)
+        while rows := fetch(50_000):
+            batch: list[tuple[int, str, str | None, str | None]] = []
+            for sid, code in rows:
+                while nxt is not None and nxt[0] < sid:
+                    batch.append(nxt)
+                    nxt = next(rest, None)
+                batch.append((sid, *keys[code]))
+            yield batch
+        tail = [] if nxt is None else [nxt]
+        tail.extend(rest)
+        if tail:
+            yield tail
+    finally:
+        if cur is not None:
             cur.close()
-        return
-    res = conn.exec_driver_sql(
-        "SELECT study_uid, decision, target_tier, rule_id FROM plan_actions WHERE plan_id = %(p)s "
-        'ORDER BY study_uid COLLATE "C"', {"p": plan_id}, execution_options={"stream_results": True})
-    while batch := res.fetchmany(50_000):
-        yield [(r[0], r[1], r[2], r[3]) for r in batch]
 
 
-def plan_decision_rows(conn: Connection, plan_id: str, max_id: int) -> Iterator[tuple[int, str, Any]]:
-    """(study id, UID, the plan's action row or None) of the active studies up to ``max_id``, in id order."""
+def plan_decision_rows(conn: Connection, plan_id: str, max_id: int) -> Iterator[tuple[int, str, Any, int | None]]:
+    """(study id, UID, the plan's plan_actions row or None, its plan_rule_actions code or None) of the active
+    studies up to ``max_id``, in id order."""
     a = plan_actions.alias("a")
-    q = (select(studies.c.id, studies.c.study_uid, a.c.decision, a.c.target_tier, a.c.rule_id, a.c.reason)
-         .select_from(studies.outerjoin(a, and_(a.c.plan_id == plan_id, a.c.study_uid == studies.c.study_uid)))
+    r = plan_rule_actions.alias("r")
+    q = (select(studies.c.id, studies.c.study_uid, a.c.decision, a.c.target_tier, a.c.rule_id, a.c.reason, r.c.code)
+         .select_from(studies.outerjoin(a, and_(a.c.plan_id == plan_id, a.c.study_uid == studies.c.study_uid))
+                      .outerjoin(r, and_(r.c.plan_id == plan_id, r.c.study_pk == studies.c.id)))
          .where(studies.c.state == "active", studies.c.id <= max_id).order_by(studies.c.id))
-    for r in conn.execute(q.execution_options(yield_per=20_000)):
-        yield int(r[0]), r[1], (r[2], r[3], r[4], r[5]) if r[2] is not None else None
+    for row in conn.execute(q.execution_options(yield_per=20_000)):
+        yield (int(row[0]), row[1], (row[2], row[3], row[4], row[5]) if row[2] is not None else None,
+               None if row[6] is None else int(row[6]))

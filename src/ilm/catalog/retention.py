@@ -9,6 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from ilm.catalog.copies import InstanceCopy, study_copies
+from ilm.catalog.plans import keep_rule_actions
 from ilm.catalog.schema import holds, instances, locations, moves, patients, series, studies, tombstones
 
 __all__ = [
@@ -151,6 +152,7 @@ def finish_purge(conn: Connection, study_uid: str, *, approved_by: str | None, n
     conn.execute(delete(moves).where(moves.c.instance_pk.in_(inst)))
     conn.execute(delete(instances).where(instances.c.study_pk == row.id))
     conn.execute(delete(series).where(series.c.study_pk == row.id))
+    keep_rule_actions(conn, row.id, study_uid)  # the plans that acted on it keep naming it
     conn.execute(delete(studies).where(studies.c.id == row.id))
     return True
 

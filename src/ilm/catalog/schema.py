@@ -22,7 +22,7 @@ from sqlalchemy import (
 
 __all__ = [
     "metadata", "patients", "studies", "series", "instances", "locations", "conflicts",
-    "holds", "audit_log", "plans", "plan_actions", "moves", "tombstones", "access_log", "restores",
+    "holds", "audit_log", "plans", "plan_actions", "plan_rule_actions", "moves", "tombstones", "access_log", "restores",
     "api_tokens", "object_keys", "tier_history", "received_history",
 ]
 
@@ -238,6 +238,8 @@ plans = Table(
     Column("state", String(16), nullable=False),  # planned | applying | applied | failed
     Column("approved_by", String(128)),
     Column("summary", Text, nullable=False),  # JSON
+    # JSON: code -> [decision, target tier, rule id, reason] of the rows in plan_rule_actions
+    Column("rule_codes", Text),
 )
 
 # One row per study the plan acts on or a protection vetoed; studies that no
@@ -260,6 +262,27 @@ plan_actions = Table(
     Column("updated_at", TS),
     UniqueConstraint("plan_id", "study_uid", name="uq_plan_actions_plan_study"),
     Index("ix_plan_actions_state", "plan_id", "state"),
+)
+
+# The studies a rule decided on its own in the database (ilm.catalog.policy_sql): a short row
+# per study, the rule's decision and reason looked up by code in plans.rule_codes; the study's
+# instances, bytes and last read as the plan saw them (its fingerprint, holds 0) and its tiers
+# (the plan's cost). A row of plan_actions is written instead for a study the pure evaluation
+# decided. One key, no foreign key: a million of these rows go in from one INSERT ... SELECT.
+plan_rule_actions = Table(
+    "plan_rule_actions",
+    metadata,
+    Column("plan_id", String(32), primary_key=True),
+    Column("study_pk", Integer, primary_key=True, autoincrement=False),
+    Column("code", Integer, nullable=False),
+    Column("instance_count", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("last_accessed_at", TS),
+    Column("tiers", Text, nullable=False),  # where the study was, for the plan's cost before and after
+    Column("state", String(16), nullable=False, server_default="pending"),  # pending|done|skipped|failed
+    Column("reason", Text),  # NULL: the rule's own reason
+    Column("updated_at", TS),
+    sqlite_with_rowid=False,
 )
 
 # The journal of copy -> verify -> commit -> delete. A row that is not 'done'

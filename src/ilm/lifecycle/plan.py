@@ -38,7 +38,7 @@ from typing import Any
 from ilm.catalog import Catalog
 from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
-from ilm.catalog.plans import PlanRow, insert_plan, study_tier_bytes
+from ilm.catalog.plans import PlanRow, fingerprint_text, insert_plan, study_tier_bytes
 from ilm.catalog.policy_sql import (
     NotCompilable, action_keys, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
     evaluate_chunk, finish_plan, insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql, same_snapshot,
@@ -75,16 +75,12 @@ def fingerprint(s: StudyFacts) -> str:
 
     Plain text, ``instances/bytes/last read/holds on the study``, the last
     read as its UTC wall clock ``YYYY-MM-DD HH:MM:SS.ffffff`` (empty if
-    never read): the database writes the same text for the studies it
-    decides itself (:func:`ilm.catalog.policy_sql.fingerprint_sql`).
+    never read): the rows the database decides store these facts and are
+    read back with the same text (:func:`ilm.catalog.plans.fingerprint_text`).
     Tiers are left out: an interrupted move changes them, and the resumed
     apply must finish it; the policy, evaluated again, judges tiers.
     """
-    last = s.last_accessed_at
-    if last is not None and last.tzinfo is not None:
-        last = last.astimezone(timezone.utc).replace(tzinfo=None)
-    read = last.isoformat(" ", "microseconds") if last is not None else ""
-    return f"{s.instance_count}/{s.size_bytes}/{read}/{len(s.holds)}"
+    return fingerprint_text(s.instance_count, s.size_bytes, s.last_accessed_at, len(s.holds))
 
 
 def tier_prices(settings: Settings) -> dict[str, TierPrice]:
@@ -98,17 +94,16 @@ class PlanDecisions(Sequence[Decision]):
     Only the decisions evaluated in Python are held in memory. Iterating
     reads the active studies (up to the newest id the plan saw) with the
     plan's stored actions: a stored action is the decision its rule made; a
-    study a rule kept is recalled from its code; any other study no rule
-    matched.
+    study a rule decided in the database is recalled from its code; any
+    other study no rule matched.
     """
 
     def __init__(self, catalog: Catalog, policy: Policy, plan_id: str, known: list[Decision],
-                 kept: list[tuple[int, int]], max_id: int, total: int) -> None:
+                 max_id: int, total: int) -> None:
         self._catalog = catalog
         self._policy = policy
         self._plan_id = plan_id
         self._known = known
-        self._kept = kept
         self._max_id = max_id
         self._total = total
         self._all: list[Decision] | None = None
@@ -126,8 +121,7 @@ class PlanDecisions(Sequence[Decision]):
     def read(self, conn: Any) -> Iterator[Decision]:
         """The decisions, read on an open catalog connection."""
         known = {d.study_uid: d for d in self._known}
-        kept = dict(self._kept)
-        for sid, uid, action in plan_decision_rows(conn, self._plan_id, self._max_id):
+        for _sid, uid, action, code in plan_decision_rows(conn, self._plan_id, self._max_id):
             d = known.pop(uid, None)
             if d is not None:
                 yield d
@@ -139,8 +133,8 @@ class PlanDecisions(Sequence[Decision]):
                     proposed = Action(decision)
                 yield Decision(uid, Action(decision), proposed, rule_id, reason,
                                tier=tier if decision == Action.TRANSITION.value else None)
-            elif sid in kept:
-                yield decision_of_code(self._policy, kept[sid], uid)
+            elif code is not None and code > 0:
+                yield decision_of_code(self._policy, code, uid)
             else:
                 yield no_rule_decision(uid)
         yield from known.values()  # studies that left the active state since the plan
@@ -177,11 +171,11 @@ def _acts(d: Decision) -> bool:
 
 
 def _plan_hash(source: PolicySource, catalog_hash: str, as_of: date,
-               batches: Iterable[Sequence[tuple[str, str, str | None, str | None]]]) -> str:
-    """SHA-256 of the policy, the catalog state, the date and every action (by Study Instance UID)."""
+               batches: Iterable[Sequence[tuple[int, str, str | None, str | None]]]) -> str:
+    """SHA-256 of the policy, the catalog state, the date and every action (by study id, in id order)."""
     h = hashlib.sha256(json.dumps([source.sha256, catalog_hash, as_of.isoformat()]).encode())
     for batch in batches:
-        h.update("".join(f"\n{uid}\t{d}\t{tier or ''}\t{rule or ''}" for uid, d, tier, rule in batch).encode())
+        h.update("".join(f"\n{sid}\t{d}\t{tier or ''}\t{rule or ''}" for sid, d, tier, rule in batch).encode())
     return h.hexdigest()
 
 
@@ -251,16 +245,17 @@ def _plan_in_python(catalog: Catalog, settings: Settings, source: PolicySource, 
                 after[t] -= b
     summary = summarise(decided, by_uid, before, dict(after), tier_prices(settings), len(inputs.studies))
     catalog_hash = _catalog_hash(state)
-    plan_hash = _plan_hash(source, catalog_hash, as_of,
-                           [[(a["study_uid"], a["decision"], a["target_tier"], a["rule_id"]) for a in actions]])
     plan = PlanRow(
         id=_new_id(now), created_at=now, created_by=created_by, as_of=as_of, policy_name=source.policy.name,
         policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
-        plan_sha256=plan_hash, state="planned", approved_by=None, summary=summary,
+        plan_sha256="", state="planned", approved_by=None, summary=summary,
     )
-    if store:
-        with catalog.write() as conn:
-            insert_plan(conn, plan, actions)
+    # The plan hash is read back from the stored rows (by study id), as the database path reads it.
+    with catalog.write() as conn, (nullcontext() if store else discarded(conn)):
+        insert_plan(conn, plan, actions)
+        plan = replace(plan, plan_sha256=_plan_hash(source, catalog_hash, as_of, action_keys(conn, plan.id)))
+        finish_plan(conn, plan.id, summary, plan.plan_sha256)
+        if store:
             _audit(conn, plan, source, created_by)
     return PlanResult(plan, decided)
 
@@ -275,25 +270,30 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                  progress: Callable[[int], None] | None, store: bool, now: datetime) -> PlanResult | None:
     """The database decides and writes what it can, in one transaction; None if the policy has no exact SQL form.
 
-    The SQL's own expiries and moves go from a SELECT straight into
-    ``plan_actions``; the studies it cannot decide with certainty are
-    evaluated by the pure code and stored from Python. With cooling days
-    configured, every study a rule decided is streamed through Python
-    instead, so that :func:`~ilm.lifecycle.tiering.with_cooling` sees them.
+    One statement computes every study's code and writes a row of
+    ``plan_rule_actions`` for each study whose code is not 0: the expiries
+    and moves a rule decided are stored that way. The studies it cannot
+    decide with certainty are evaluated by the pure code and stored from
+    Python in ``plan_actions``. With cooling days configured, every study a
+    rule decided is streamed through Python instead, so that
+    :func:`~ilm.lifecycle.tiering.with_cooling` sees them, and stored there.
 
     Two things run in a second thread while the database works: the
     catalog's aggregates (on a second connection that sees the same
     snapshot) while the studies are decided, and the pure evaluation of the
-    first studies the SQL left while the SQL's actions are written and
-    summed (SQLite and psycopg leave Python's lock while a statement runs).
+    first studies the SQL left while the SQL's actions are summed (SQLite
+    and psycopg leave Python's lock while a statement runs).
     """
+    plan_id = _new_id(now)
     with catalog.write() as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilm-plan") as pool:
         consistent_read(conn)
-        sql = plan_in_sql(conn, source.policy, as_of)
+        sql = plan_in_sql(conn, source.policy, as_of, plan_id)
         if sql is None:
             return None
         tiers = list(settings.tiers)
-        with same_snapshot(conn) as other:
+        # The second connection's snapshot is exported before the savepoint of a plan not stored (PostgreSQL
+        # exports none from a subtransaction).
+        with same_snapshot(conn) as other, nullcontext() if store else discarded(conn):
             scan = None if other is None else pool.submit(catalog_state_and_tier_bytes, other, tiers)
             try:
                 sql.decide()
@@ -301,23 +301,21 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 return None
             finally:
                 state, before = catalog_state_and_tier_bytes(conn, tiers) if scan is None else scan.result()
-        total = state["studies"]
-        catalog_hash = _catalog_hash(state)
-        plan = PlanRow(
-            id=_new_id(now), created_at=now, created_by=created_by, as_of=as_of, policy_name=source.policy.name,
-            policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
-            plan_sha256="", state="planned", approved_by=None, summary={},
-        )
-        with nullcontext() if store else discarded(conn):
-            insert_plan(conn, plan, [])
+            total = state["studies"]
+            catalog_hash = _catalog_hash(state)
+            plan = PlanRow(
+                id=plan_id, created_at=now, created_by=created_by, as_of=as_of, policy_name=source.policy.name,
+                policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
+                plan_sha256="", state="planned", approved_by=None, summary={},
+            )
             written = not cooling_enabled(settings)
+            insert_plan(conn, plan, [], rule_codes=sql.rule_codes() if written else None)
             if written:
                 rest = sql.pure_chunks()
                 chunk = next(rest, None)
                 first = pool.submit(evaluate_chunk, source.policy, chunk, as_of) if chunk is not None else None
-                # Two statements that each leave Python's lock for their whole run. (Not a fetch of many
-                # rows: the driver takes the lock back at every row, and waits for the thread each time.)
-                sql.write_actions(plan.id)
+                # A statement that leaves Python's lock for its whole run. (Not a fetch of many rows: the
+                # driver takes the lock back at every row, and waits for the thread each time.)
                 sums, moved = sql.totals()
                 stream: Iterator[tuple[Decision, StudyFacts]] = chain(
                     first.result() if first is not None else (),
@@ -337,6 +335,8 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                     vetoed[v.protection] += 1
                 for u in d.unknown:
                     unknown[u] += 1
+            if not written:
+                sql.forget()  # every decision went through Python and is stored in plan_actions
             insert_actions(conn, plan.id, actions)
             if progress:
                 progress(total)
@@ -363,8 +363,7 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
             plan_hash = _plan_hash(source, catalog_hash, as_of, action_keys(conn, plan.id))
             plan = replace(plan, plan_sha256=plan_hash, summary=summary)
             finish_plan(conn, plan.id, summary, plan_hash)
-            decisions = PlanDecisions(catalog, source.policy, plan.id, known, sql.kept_by_rule(), state["max_id"],
-                                      total)
+            decisions = PlanDecisions(catalog, source.policy, plan.id, known, state["max_id"], total)
             if store:
                 _audit(conn, plan, source, created_by)
             else:  # read them now: the plan's rows go with the rollback
