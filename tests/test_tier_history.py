@@ -137,3 +137,20 @@ def test_dashboard_overview_and_rest_stats_show_the_history(service: ArchiveServ
     hist = {m["month"]: m for m in stats["tier_history"]}
     assert hist["2026-04"]["reconstructed"] and hist["2026-04"]["tiers"]["hot"]["bytes"] == a_bytes
     assert stats["tier_history"][-1]["tiers"]["hot"]["studies"] == 1
+
+
+def test_rest_snapshot_needs_the_operator_role(service: ArchiveService) -> None:
+    import httpx
+
+    from support.http import serve
+    from ilm.web import create_app
+
+    viewer = service.token_create("t-viewer", "viewer", expires=None, by="test")[1]
+    operator = service.token_create("t-operator", "operator", expires=None, by="test")[1]
+    with serve(create_app(service, auth=True)) as url:
+        r = httpx.post(f"{url}/api/stats/snapshot", headers={"Authorization": f"Bearer {viewer}"})
+        assert r.status_code == 403 and service.tier_history() == []
+        r = httpx.post(f"{url}/api/stats/snapshot", headers={"Authorization": f"Bearer {operator}"})
+        assert r.status_code == 200 and r.json()["day"] == service.clock().date().isoformat()
+    assert r.json()["tiers"] == {}  # an empty archive: nothing on any tier, today's arrivals (none) recorded
+    assert service.tier_history()[-1]["month"] == r.json()["day"][:7]

@@ -164,9 +164,52 @@ def test_report_draws_the_recorded_storage_before_the_projection(archive: tuple[
     page.feed(out.read_text(encoding="utf-8"))
     page.close()
     chart = page.svgs["chart-storage"][0]
-    assert "reconstructed before snapshots" in chart and "years from now (0: today)" in chart
+    assert "recorded (before 0)" in chart and "years from now (0: today)" in chart
     assert "No snapshot of storage by tier recorded yet" not in page.text
     # the reconstructed month before the report's day holds every study received by then (all on hot)
     last = [h for h in history if h["month"] < TODAY.isoformat()[:7]][-1]
     by_then = [x for x in specs if (x.acquired_at + timedelta(minutes=10)).strftime("%Y-%m") <= last["month"]]
     assert last["tiers"]["hot"]["studies"] == len(by_then)
+
+
+def test_report_pdf_has_the_same_sections_and_numbers(archive: tuple[Path, list[StudySpec]], tmp_path: Path) -> None:
+    # the PDF is written by matplotlib with its texts as text: its content streams name every section,
+    # every scenario and the same totals as ilm cost --json
+    import zlib
+
+    home, _ = archive
+    policy = tmp_path / "ct.yaml"
+    policy.write_text(CT_TO_WARM)
+    common = ["--years", "3", "--growth-gb-per-month", "20", "--as-of", TODAY.isoformat(), "--policy", str(policy),
+              "--home", str(home)]
+    out = tmp_path / "report.pdf"
+    r = runner.invoke(app, ["report", "--pdf", str(out), *common])
+    assert r.exit_code == 0, r.output
+    assert "pages" in r.output and not (tmp_path / "report.pdf.tmp").exists()
+    raw = out.read_bytes()
+    assert raw.startswith(b"%PDF-") and raw.rstrip().endswith(b"%%EOF")
+    text = b""
+    for chunk in raw.split(b"stream")[1:]:
+        body = chunk.split(b"endstream")[0].strip(b"\r\n")
+        try:
+            text += zlib.decompress(body)
+        except zlib.error:
+            continue
+    cost = json.loads(runner.invoke(app, ["cost", "--json", *common]).output)
+    shown = text.decode("latin-1")
+    for needle in ("Cost today", "Cost projection over 3 years", "Storage by tier over time", "What the policies do today",
+                   "How the archive is used", "What the archive holds", "ct-to-warm"):
+        assert needle.replace(" ", "") in shown.replace(" ", "") or _glyphs(needle, shown), needle
+    for s in cost["scenarios"]:
+        assert _glyphs(money_text(s["total"]), shown), s["total"]
+    r = runner.invoke(app, ["report", "--home", str(home)])
+    assert r.exit_code == 2 and "--html FILE, --pdf FILE" in r.output
+
+
+def _glyphs(needle: str, content: str) -> bool:
+    """matplotlib's PDF writes a line of text as one string in a TJ/Tj operator, with kerning
+    offsets between glyph runs: look for the text with those runs joined."""
+    import re
+
+    runs = "".join(re.findall(r"\(((?:[^()\\]|\\.)*)\)", content))
+    return needle.replace(" ", "") in runs.replace(" ", "").replace("\\", "")

@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from ilm.cost.shaping import money_text
 from ilm.report import charts
 
-__all__ = ["render_html", "chart_svgs", "CHARTS"]
+__all__ = ["render_html", "chart_svgs", "chart_drawers", "CHARTS"]
 
 CHARTS = ("storage", "cost", "reads", "growth", "plans", "vetoes")
 
@@ -45,8 +45,8 @@ def _recorded(history: list[dict[str, Any]], as_of: str) -> list[tuple[float, di
             for h in history if h["tiers"] and index(h["month"]) < now]
 
 
-def chart_svgs(data: dict[str, Any]) -> dict[str, str]:
-    """One SVG per chart of the report, by name (CHARTS)."""
+def chart_drawers(data: dict[str, Any]) -> dict[str, charts.Draw]:
+    """How to draw each chart of the report on an Axes, by name (CHARTS)."""
     cost, stats, plans = data["cost"], data["stats"], data["plans"]
     years = list(range(cost["years"] + 1))
     shown = _shown_scenario(cost)
@@ -55,38 +55,42 @@ def chart_svgs(data: dict[str, Any]) -> dict[str, str]:
     points = [p for _x, p in past] + [cost["current"]["bytes_by_tier"]] + [y["bytes_by_tier"] for y in shown["years"]]
     named = list(cost["prices"]) + sorted({t for p in points for t in p} - set(cost["prices"]))
     tiers = [t for t in named if any(p.get(t) for p in points)] or list(cost["prices"])[:1]
-    out = {
-        "storage": charts.stacked_area(
-            f"Storage by tier over time: recorded{' (reconstructed before snapshots)' if past else ''}, "
-            f"then projected: {shown['name']}", xs,
-            {t: [p.get(t, 0) for p in points] for t in tiers}, xlabel="years from now (0: today)", now=0.0 if past else None),
-        "cost": charts.lines(
-            "Cost projection per policy (cumulative)", years[1:],
-            {s["name"]: [y["cumulative"] for y in s["years"]] for s in cost["scenarios"]},
-            xlabel="year", ylabel="cumulative cost"),
-        "reads": charts.bars(
-            f"Reads by study age (last {stats['reads_by_age']['window_days']} days)",
-            [b["age"] for b in stats["reads_by_age"]["buckets"]],
-            [b["monthly_read_rate"] for b in stats["reads_by_age"]["buckets"]],
-            series="share of instances read per month", ylabel="read per month", percent=True),
-    }
     months = stats["growth"]["by_month"][-36:]
-    out["growth"] = charts.bars("Growth: bytes received per month", [m["month"] for m in months],
-                                [m["bytes"] for m in months], series="bytes received", ylabel="received",
-                                as_bytes=True)
     names = [p["name"] for p in plans] or ["(no policy)"]
     moved = [sum(a["bytes"] for a in p["summary"]["actions"] if a["action"] == "transition") for p in plans]
     deleted = [sum(a["bytes"] for a in p["summary"]["actions"] if a["action"] == "expire") for p in plans]
-    out["plans"] = charts.grouped_bars(
-        "What each plan moves and deletes today", ["moved", "deleted"],
-        {n: [m, d] for n, m, d in zip(names, moved, deleted)} or {"(no policy)": [0, 0]}, ylabel="bytes",
-        as_bytes=True)
     protections = sorted({k for p in plans for k in p["summary"]["vetoes"]}) or ["(none)"]
-    out["vetoes"] = charts.grouped_bars(
-        "Protections that vetoed an expiry (studies)", protections,
-        {p["name"]: [p["summary"]["vetoes"].get(k, 0) for k in protections] for p in plans}
-        or {"(no policy)": [0] * len(protections)}, ylabel="studies")
-    return out
+    reads = stats["reads_by_age"]
+    return {
+        "storage": lambda ax: charts.draw_stacked_area(
+            ax, f"Storage by tier{': recorded (before 0), then' if past else ' over time,'} projected: {shown['name']}", xs,
+            {t: [p.get(t, 0) for p in points] for t in tiers}, xlabel="years from now (0: today)",
+            now=0.0 if past else None),
+        "cost": lambda ax: charts.draw_lines(
+            ax, "Cost projection per policy (cumulative)", years[1:],
+            {s["name"]: [y["cumulative"] for y in s["years"]] for s in cost["scenarios"]},
+            xlabel="year", ylabel="cumulative cost"),
+        "reads": lambda ax: charts.draw_bars(
+            ax, f"Reads by study age (last {reads['window_days']} days)", [b["age"] for b in reads["buckets"]],
+            [b["monthly_read_rate"] for b in reads["buckets"]],
+            series="share of instances read per month", ylabel="read per month", percent=True),
+        "growth": lambda ax: charts.draw_bars(
+            ax, "Growth: bytes received per month", [m["month"] for m in months], [m["bytes"] for m in months],
+            series="bytes received", ylabel="received", as_bytes=True),
+        "plans": lambda ax: charts.draw_grouped_bars(
+            ax, "What each plan moves and deletes today", ["moved", "deleted"],
+            {n: [m, d] for n, m, d in zip(names, moved, deleted)} or {"(no policy)": [0, 0]}, ylabel="bytes",
+            as_bytes=True),
+        "vetoes": lambda ax: charts.draw_grouped_bars(
+            ax, "Protections that vetoed an expiry (studies)", protections,
+            {p["name"]: [p["summary"]["vetoes"].get(k, 0) for k in protections] for p in plans}
+            or {"(no policy)": [0] * len(protections)}, ylabel="studies"),
+    }
+
+
+def chart_svgs(data: dict[str, Any]) -> dict[str, str]:
+    """One SVG per chart of the report, by name (CHARTS)."""
+    return {name: charts.svg_chart(draw) for name, draw in chart_drawers(data).items()}
 
 
 def render_html(data: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
     GET /api/stats?as_of=&largest=        composition, growth, reads by study age, never-read share,
                                           patients with priors, largest studies
+    POST /api/stats/snapshot              record today's storage by tier (operator; ilm stats --snapshot)
     GET /api/cost?years=&growth_gb_per_month=&growth_percent=&sample=&as_of=&policy_path=...
                                           monthly cost now and the projection per scenario: everything
                                           on the first tier, the archive as it is, each policy given
@@ -29,6 +30,13 @@ def stats(request: Request, as_of: date | None = Query(None, description="Ages a
           largest: int = Query(10, ge=0, le=1000, description="How many of the largest studies to list.")) -> Any:
     """How big the archive is and how it is used."""
     return service_of(request).stats(today=as_of, largest=largest)
+
+
+@router.post("/stats/snapshot", response_model=dict[str, Any], dependencies=[require("operator")])
+def snapshot(request: Request) -> Any:
+    """Record today's studies, instances and bytes per tier (the first snapshot also reconstructs the
+    past); ``ilm serve`` records one a day by itself."""
+    return service_of(request).snapshot_tiers().as_dict()
 
 
 @router.get("/cost", response_model=dict[str, Any])
