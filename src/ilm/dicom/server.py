@@ -44,6 +44,7 @@ from ilm.dicom.find import FIND_MODELS, QUERY_TRANSFER_SYNTAXES, handle_find
 from ilm.dicom.commitment import commitment_handlers
 from ilm.dicom.gate import dicom_tls_context, gate_handlers
 from ilm.dicom.parse import FileMeta
+from ilm.dicom.prompt import prompt_association
 from ilm.dicom.retrieve import RETRIEVE_SOP_CLASSES, retrieve_handlers
 from ilm.models import IngestResult, IngestStatus
 
@@ -280,6 +281,7 @@ def start_dicom_server(service: "ArchiveService", settings: DicomSettings | None
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [service, batches]),
         (evt.EVT_CONN_CLOSE, batches.close),
+        (evt.EVT_CONN_OPEN, prompt_association),  # no 1 ms polling waits per instance (ilm.dicom.prompt)
         (evt.EVT_C_FIND, handle_find, [service]),
         *retrieve_handlers(service, settings),
         *commitment_handlers(service, settings),

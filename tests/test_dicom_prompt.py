@@ -1,0 +1,73 @@
+"""Associations accepted by ilm's DICOM server use the prompt reactor (ilm.dicom.prompt) and
+still end as pynetdicom's do: on release, on abort, and on the network timeout."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+from ilm.config import DicomSettings
+from ilm.dicom import prompt
+from ilm.dicom.server import DicomServer, start_dicom_server
+from ilm.service import ArchiveService
+
+AET = "ILMTEST"
+
+
+def wait_for(check: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def scp(service: ArchiveService) -> Iterator[DicomServer]:
+    srv = start_dicom_server(service, DicomSettings(ae_title=AET, host="127.0.0.1", port=0))
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+
+
+def _associate(scp: DicomServer) -> object:
+    ae = AE(ae_title="PROMPTSCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title=AET)
+    assert assoc.is_established
+    return assoc
+
+
+def test_accepted_associations_are_prompt_and_release_cleanly(scp: DicomServer) -> None:
+    assoc = _associate(scp)
+    (accepted,) = scp.ae.active_associations
+    assert isinstance(accepted, prompt._PromptAssociation)
+    assert accepted.dul._run_loop_delay == prompt.DUL_IDLE_SECONDS
+    for _ in range(3):
+        assert assoc.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    wait_for(lambda: not scp.ae.active_associations, "the server side of a released association to end")
+    assert accepted.is_released
+
+
+def test_an_aborted_association_ends(scp: DicomServer) -> None:
+    assoc = _associate(scp)
+    (accepted,) = scp.ae.active_associations
+    assoc.abort()  # type: ignore[attr-defined]
+    wait_for(lambda: not scp.ae.active_associations, "the server side of an aborted association to end")
+    assert accepted.is_aborted
+
+
+def test_an_idle_association_ends_at_the_network_timeout(scp: DicomServer) -> None:
+    scp.ae.network_timeout = 0.5
+    assoc = _associate(scp)
+    (accepted,) = scp.ae.active_associations
+    wait_for(lambda: not scp.ae.active_associations, "the network timeout to end an idle association")
+    assert accepted.is_aborted
+    wait_for(lambda: not assoc.is_established, "the peer to see the abort")  # type: ignore[attr-defined]
