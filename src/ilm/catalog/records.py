@@ -77,6 +77,18 @@ _BUMP_SERIES = (
     .values(instance_count=series.c.instance_count + bindparam("n"), size_bytes=series.c.size_bytes + bindparam("size"))
 )
 
+_BUMP_STUDY = (
+    update(studies)
+    .where(studies.c.id == bindparam("pk"))
+    .values(
+        instance_count=studies.c.instance_count + bindparam("n"),
+        size_bytes=studies.c.size_bytes + bindparam("size"),
+        series_count=studies.c.series_count + bindparam("new_series"),
+        **{name: bindparam(f"v_{name}") for name in ("modalities", "sop_classes", "body_parts", "station_names",
+                                                      "manufacturers", "patient_age", "tiers", "updated_at")},
+    )
+)
+
 
 @dataclass(frozen=True)
 class NewCopy:
@@ -227,23 +239,20 @@ def record_instances(
         ) for c, pk, _ in added])
         facts = [c.facts for c, _, _ in added]
         grown = {spk for _, _, spk in added}
-        conn.execute(
-            update(studies)
-            .where(studies.c.id == study.id)
-            .values(
-                instance_count=studies.c.instance_count + len(added),
-                size_bytes=studies.c.size_bytes + sum(c.size for c, _, _ in added),
-                series_count=studies.c.series_count + sum(1 for pk, new in series_pks.values() if new and pk in grown),
-                modalities=_merged(study.modalities, (f.modality for f in facts)),
-                sop_classes=_merged(study.sop_classes, (f.sop_class_uid for f in facts)),
-                body_parts=_merged(study.body_parts, (f.body_part_examined for f in facts)),
-                station_names=_merged(study.station_names, (f.station_name for f in facts)),
-                manufacturers=_merged(study.manufacturers, (f.manufacturer for f in facts)),
-                patient_age=study.patient_age or next((f.patient_age for f in facts if f.patient_age), ""),
-                tiers=_merged(study.tiers, (c.tier for c, _, _ in added)),
-                updated_at=now,
-            )
-        )
+        conn.execute(_BUMP_STUDY, dict(
+            pk=study.id,
+            n=len(added),
+            size=sum(c.size for c, _, _ in added),
+            new_series=sum(1 for pk, new in series_pks.values() if new and pk in grown),
+            v_modalities=_merged(study.modalities, (f.modality for f in facts)),
+            v_sop_classes=_merged(study.sop_classes, (f.sop_class_uid for f in facts)),
+            v_body_parts=_merged(study.body_parts, (f.body_part_examined for f in facts)),
+            v_station_names=_merged(study.station_names, (f.station_name for f in facts)),
+            v_manufacturers=_merged(study.manufacturers, (f.manufacturer for f in facts)),
+            v_patient_age=study.patient_age or next((f.patient_age for f in facts if f.patient_age), ""),
+            v_tiers=_merged(study.tiers, (c.tier for c, _, _ in added)),
+            v_updated_at=now,
+        ))
         bumps: dict[int, list[int]] = {}
         for c, _, spk in added:
             bumps.setdefault(spk, []).append(c.size)
