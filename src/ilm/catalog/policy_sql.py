@@ -123,7 +123,7 @@ from ilm.policy.rules import Action, Policy
 __all__ = [
     "NotCompilable", "CompiledPolicy", "SqlPlan", "ALREADY", "compile_policy", "plan_in_sql", "count_in_sql",
     "threshold", "no_rule_decision", "decision_of_code", "consistent_read", "discarded",
-    "catalog_state", "catalog_state_and_tier_bytes", "insert_actions", "finish_plan", "action_keys",
+    "catalog_state", "catalog_state_and_tier_bytes", "insert_actions", "finish_plan", "action_lines",
     "plan_decision_rows", "PureChunk", "evaluate_chunk", "same_snapshot",
 ]
 
@@ -1180,47 +1180,53 @@ def finish_plan(conn: Connection, plan_id: str, summary: dict[str, Any], plan_sh
                  .values(summary=json.dumps(summary, sort_keys=True), plan_sha256=plan_sha256))
 
 
-def action_keys(conn: Connection, plan_id: str) -> Iterator[list[tuple[int, str, str | None, str | None]]]:
-    """(study id, decision, target tier, rule) of every action of a plan, in study id order, in batches:
-    the rows a rule decided (plan_rule_actions, with a code of ``plans.rule_codes``) merged with the rows
-    of plan_actions (their study ids looked up by UID)."""
+def _line(sid: int, decision: str, tier: str | None, rule: str | None) -> str:
+    return f"\n{sid}\t{decision}\t{tier or ''}\t{rule or ''}"
+
+
+def action_lines(conn: Connection, plan_id: str) -> Iterator[str]:
+    """Every action of a plan as text, one line ``\\n<study id>\\t<decision>\\t<target tier>\\t<rule>``
+    each, in study id order, many lines per piece: the rows a rule decided (plan_rule_actions, with a
+    code of ``plans.rule_codes``) merged with the rows of plan_actions (their study ids looked up by UID).
+    What a plan's hash covers."""
     codes = rule_codes_of(conn, plan_id)
-    keys = {c: (d, t, r) for c, (d, t, r, _) in codes.items()}
+    tail = {c: _line(0, d, t, r)[2:] for c, (d, t, r, _) in codes.items()}  # "\t<decision>\t<tier>\t<rule>"
     a = plan_actions.c
     others = conn.execute(
         select(studies.c.id, a.decision, a.target_tier, a.rule_id)
         .join(studies, studies.c.study_uid == a.study_uid).where(a.plan_id == plan_id).order_by(studies.c.id))
-    rest: Iterator[tuple[int, str, str | None, str | None]] = ((int(i), d, t, rule) for i, d, t, rule in others)
-    if not keys:
+    rest: Iterator[tuple[int, str]] = ((int(i), _line(int(i), d, t, rule)) for i, d, t, rule in others)
+    if not tail:
         while head := list(islice(rest, 50_000)):
-            yield head
+            yield "".join(x for _, x in head)
         return
     r = plan_rule_actions.c
-    q = select(r.study_pk, r.code).where(r.plan_id == plan_id, r.code.in_(sorted(keys))).order_by(r.study_pk)
     if conn.dialect.name == "sqlite":
         # The driver's own cursor on the same connection (and transaction): plain tuples, no result processing.
-        inlist = ", ".join(str(int(c)) for c in sorted(keys))
+        inlist = ", ".join(str(int(c)) for c in sorted(tail))
         cur = conn.connection.driver_connection.execute(  # type: ignore[union-attr]
             f"SELECT study_pk, code FROM plan_rule_actions WHERE plan_id = ? AND code IN ({inlist}) ORDER BY study_pk",
             (plan_id,))
         fetch = cur.fetchmany
     else:
+        q = select(r.study_pk, r.code).where(r.plan_id == plan_id, r.code.in_(sorted(tail))).order_by(r.study_pk)
         res = conn.execute(q.execution_options(stream_results=True))
         cur, fetch = None, res.fetchmany
     try:
         nxt = next(rest, None)
         while rows := fetch(50_000):
-            batch: list[tuple[int, str, str | None, str | None]] = []
+            if nxt is None or nxt[0] > rows[-1][0]:  # no other row within: the common case, at once
+                yield "".join([f"\n{sid}{tail[code]}" for sid, code in rows])
+                continue
+            piece: list[str] = []
             for sid, code in rows:
                 while nxt is not None and nxt[0] < sid:
-                    batch.append(nxt)
+                    piece.append(nxt[1])
                     nxt = next(rest, None)
-                batch.append((sid, *keys[code]))
-            yield batch
-        tail = [] if nxt is None else [nxt]
-        tail.extend(rest)
-        if tail:
-            yield tail
+                piece.append(f"\n{sid}{tail[code]}")
+            yield "".join(piece)
+        if nxt is not None:
+            yield nxt[1] + "".join(x for _, x in rest)
     finally:
         if cur is not None:
             cur.close()

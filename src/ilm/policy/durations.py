@@ -13,6 +13,7 @@ Hours, minutes and seconds (``PT12H``) are refused: policies decide on dates.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -53,10 +54,7 @@ class Period:
 
         A result past year 9999 is ``date.max``: "never" for a retention end.
         """
-        try:
-            return _shift_months(day, self.years * 12 + self.months) + timedelta(days=self.days)
-        except OverflowError:
-            return date.max
+        return _add_to(self, day)
 
     def subtract_from(self, day: date) -> date:
         """The date ``self`` before ``day``; clamps to the end of a shorter month.
@@ -70,11 +68,26 @@ class Period:
 
     def iso(self) -> str:
         """The canonical ISO-8601 text, for example ``P1Y6M`` or ``P0D``."""
-        parts = [f"{n}{u}" for n, u in ((self.years, "Y"), (self.months, "M"), (self.days, "D")) if n]
-        return "P" + ("".join(parts) or "0D")
+        return _iso(self)
 
     def __str__(self) -> str:
         return self.iso()
+
+
+# A plan asks the same few periods of the same few thousand days, once or more per study: both are
+# remembered (values of frozen dataclasses and dates, so the answers never change).
+@functools.lru_cache(maxsize=65536)
+def _add_to(p: Period, day: date) -> date:
+    try:
+        return _shift_months(day, p.years * 12 + p.months) + timedelta(days=p.days)
+    except OverflowError:
+        return date.max
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso(p: Period) -> str:
+    parts = [f"{n}{u}" for n, u in ((p.years, "Y"), (p.months, "M"), (p.days, "D")) if n]
+    return "P" + ("".join(parts) or "0D")
 
 
 def _shift_months(day: date, months: int) -> date:
