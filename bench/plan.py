@@ -229,11 +229,12 @@ def render(res: dict[str, Any]) -> str:
     parts.append(
         "The SQL path compiles the policy to one SQL expression per study (three-valued logic, calendar "
         "thresholds computed with the pure `Period.add_to`, patient facts by subqueries behind date guards), "
-        "writes the expiries and moves it decides from a SELECT straight into `plan_actions`, and gives the pure "
+        "writes the expiries and moves it decides from the same statement into `plan_rule_actions` (one short row "
+        "per study: id, rule code, the facts apply re-checks), and gives the pure "
         "`evaluate()` only the studies it cannot decide with certainty (a protection that vetoes, a missing "
         "fact, a hold): about 2 % of the studies with the Texas template (patients with an undated study), none "
         "with the tiering one. Beside the main statement a second thread reads the catalog totals (on a second "
-        "connection, same snapshot) and evaluates the studies left to Python while the database writes its own "
+        "connection, same snapshot) and evaluates the studies left to Python while the database sums its own "
         "actions. `ilm plan` starts by importing the whole command line (1 s or more of CPU on this machine). "
         "PostgreSQL runs with its default durability, in a fresh cluster started by the bench."
     )

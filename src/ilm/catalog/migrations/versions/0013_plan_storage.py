@@ -3,7 +3,8 @@
 A plan over a million studies writes hundreds of thousands of actions; a
 row of ``plan_rule_actions`` holds the study's id and the rule's code
 (``plans.rule_codes`` maps it to the decision, tier, rule and reason),
-with one primary key and no foreign key to check.
+with one primary key and no foreign key to check. A downgrade drops these
+rows: the plans made since lose the actions a rule decided (make them again).
 
 Revision ID: 0013
 Revises: 0012
