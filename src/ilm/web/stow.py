@@ -103,35 +103,43 @@ def part_media_type_ok(content_type: str | None) -> bool:
 
 @dataclass
 class StowPart:
-    """One body part: its headers and its bytes, in memory or spooled to disk."""
+    """One body part: its headers and its bytes, in memory or spooled to disk.
+
+    In memory, the chunks as received, joined once when the part is read (a
+    growing buffer copied a part's bytes several times over as it grew)."""
 
     index: int
     headers: dict[str, str] = field(default_factory=dict)
     size: int = 0
-    _buf: IO[bytes] | None = None
+    _chunks: list[bytes] = field(default_factory=list)
+    _file: IO[bytes] | None = None
 
     @property
     def content_type(self) -> str | None:
         return self.headers.get("content-type")
 
     def write(self, data: bytes, to_disk: bool) -> None:
-        if self._buf is None:
-            self._buf = tempfile.SpooledTemporaryFile(max_size=MEMORY_BUDGET)
-        if to_disk:
-            self._buf.rollover()  # type: ignore[attr-defined]
-        self._buf.write(data)
+        if to_disk and self._file is None:
+            self._file = tempfile.TemporaryFile()
+            self._file.writelines(self._chunks)
+            self._chunks = []
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._chunks.append(data)
         self.size += len(data)
 
     def read(self) -> bytes:
-        if self._buf is None:
-            return b""
-        self._buf.seek(0)
-        return self._buf.read()
+        if self._file is None:
+            return self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._file.seek(0)
+        return self._file.read()
 
     def close(self) -> None:
-        if self._buf is not None:
-            self._buf.close()
-            self._buf = None
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class MultipartCollector:
