@@ -240,7 +240,9 @@ def render(res: dict[str, Any]) -> str:
             [(f"ilm / Orthanc, {c} client(s)", ratio_cell(_ratios(res, c)), target_cell(_ratios(res, c), TARGET))
              for c in res["concurrency"]]))
     out.append("Both servers flush every instance to disk before answering (ilm: hot tier fsync on, the default; "
-               "Orthanc: `SyncStorageArea`, its default).")
+               "Orthanc: `SyncStorageArea`, its default). ilm writes the instances of a request on 4 threads "
+               "(their flushes overlap) and commits their catalog rows in one transaction; the answer comes "
+               "after both.")
     for note in res.get("notes", []):
         out.append(f"Note: {note}")
     errors = [f"- {k} round {i + 1}: {rd[k].get('error', '')[:300]}" for i, rd in enumerate(res["rounds"])
