@@ -175,6 +175,9 @@ class S3TierSettings(_TierCommon):
     create_bucket: bool = False
     connect_timeout_seconds: float = Field(5.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    # Concurrent uploads when a move copies into this tier (instead of
+    # lifecycle.move_workers): an upload mostly waits on the store, not the CPU.
+    upload_workers: int = Field(8, ge=1, le=64)
     # Server-side encryption by the store (docs/security.md): "AES256" (SSE-S3) or "aws:kms".
     sse: Literal["AES256", "aws:kms"] | None = None
     sse_kms_key_id: str | None = None
@@ -423,7 +426,7 @@ auth = true             # API tokens required (ilm tokens create); see docs/secu
 
 [lifecycle]
 quarantine_days = 30          # expired studies stay restorable this long before purge may delete them
-move_workers = 4              # concurrent copies during a move
+move_workers = 4              # concurrent copies during a move (into an S3 tier: its upload_workers)
 max_mb_per_s = 0              # 0 = no limit on the bytes moved per second
 maintenance_window = ""       # e.g. "22:00-06:00": apply moves data only inside it (local time)
 schedule_policy = ""          # ilm serve plans this policy file every interval (see docs/policies.md)
@@ -494,6 +497,7 @@ min_storage_days = 90
 # prefix = ""
 # endpoint_url = "http://127.0.0.1:8333"
 # region = "us-east-1"
+# upload_workers = 8              # concurrent uploads of a move into this tier
 # cost_per_gb_month = 0.0125      # S3 Standard-IA
 # retrieval_cost_per_gb = 0.01
 # retrieval_latency_seconds = 0

@@ -98,6 +98,10 @@ class StoredObject:
     key: str
     size: int
     sha256: str
+    # Set by a ``put`` whose store itself checked, as it took them, that the bytes it
+    # holds hash to ``sha256`` (S3: the server verified x-amz-checksum-sha256 and
+    # accepted the upload), so no ``stat`` is needed to know what it holds.
+    verified: bool = field(default=False, compare=False)
 
 
 class IngestStatus(str, enum.Enum):

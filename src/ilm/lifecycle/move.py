@@ -3,7 +3,8 @@
 For each batch of instances: journal the moves -> copy (read the source
 once, put it on the destination with the catalog's SHA-256; between two
 file-system tiers the kernel copies the file) -> verify that what the
-destination holds hashes to the catalog's SHA-256 -> commit the new copies and
+destination holds hashes to the catalog's SHA-256 (an S3 store checks it
+itself as it takes the upload, see ``put_verified``) -> commit the new copies and
 mark the sources for deletion (one transaction) -> delete the sources -> drop
 their rows, never the last verified copy. While a batch is being copied, the
 previous one is committed and its sources are deleted (on two threads of
@@ -38,7 +39,7 @@ from ilm.errors import IntegrityError, ObjectLocked, StorageError
 from ilm.lifecycle import worm
 from ilm.lifecycle.limits import RateLimiter
 from ilm.models import CopyState, StoredObject
-from ilm.storage import FilesystemTier, ObjectExists, Tier
+from ilm.storage import FilesystemTier, ObjectExists, Tier, sha256_hex
 
 __all__ = ["MoveResult", "move_study", "recover_moves", "RecoveryReport", "put_verified"]
 
@@ -95,14 +96,26 @@ def put_verified(c: InstanceCopy, data: bytes, src_name: str, dst: Tier) -> tupl
     """Put ``data``, read from copy ``c`` on tier ``src_name``, at ``c.key`` on ``dst``
     with the catalog's SHA-256, then check what ``dst`` holds: the copy step of a
     move, also the copy step of a fixity repair. Returns (sha256 the destination
-    vouches for, size)."""
+    vouches for, size).
+
+    What ``dst`` holds is its answer to the put when the store itself checked the
+    bytes it took against the SHA-256 sent with them (``StoredObject.verified``: an
+    S3 put carrying x-amz-checksum-sha256, refused with BadDigest otherwise; a
+    HEAD would only return that same recorded checksum); otherwise it is asked
+    (``stat``: a file is read back and hashed), as after finding an object there."""
     try:
-        dst.put(c.key, data, c.sha256)
+        held = dst.put(c.key, data, c.sha256)
     except ObjectExists:
-        pass  # a copy from an interrupted run: verified below like any other
-    except IntegrityError:
-        raise IntegrityError(f"tier {src_name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
-    return _check_held(c, dst, dst.stat(c.key))
+        held = dst.stat(c.key)  # a copy from an interrupted run: verified below like any other
+    except IntegrityError as exc:
+        # Refused for its bytes: blame the source only if what was read from it is wrong
+        # (hashed here, on this rare path); else the bytes changed on their way.
+        if sha256_hex(data) != c.sha256:
+            raise IntegrityError(f"tier {src_name!r}: {c.key} does not match its catalog SHA-256; not moved") from None
+        raise IntegrityError(f"{exc}; the source copy on tier {src_name!r} is sound and kept; not moved") from None
+    if not held.verified:
+        held = dst.stat(c.key)
+    return _check_held(c, dst, held)
 
 
 def _check_held(c: InstanceCopy, dst: Tier, held: StoredObject) -> tuple[str, int]:
@@ -122,10 +135,12 @@ def move_study(
     limiter: RateLimiter | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> MoveResult:
-    """Move every instance of a study that is not yet on ``dst_name`` there."""
+    """Move every instance of a study that is not yet on ``dst_name`` there,
+    ``workers`` copies at a time (into an S3 tier: its own ``upload_workers``)."""
     limiter = limiter or RateLimiter(0)
     result = MoveResult(study_uid, dst_name)
     dst = tiers(dst_name)
+    workers = int(getattr(dst, "upload_workers", workers))
     from ilm.lifecycle import pack_move  # one object per study on pack_studies tiers (ilm.storage.pack)
 
     if pack_move.involves_packs(catalog, study_uid, dst):

@@ -7,7 +7,10 @@ problem, so nothing above this file knows what S3 is.
 Writes are verified and never overwrite:
 - ``put`` sends ``x-amz-checksum-sha256``; the server hashes what it received
   and refuses the upload (BadDigest -> IntegrityError) if it differs, so a
-  corrupted upload is never stored and never has to be read back.
+  corrupted upload is never stored and never has to be read back. An accepted
+  put is therefore returned as ``verified`` (the store checked what it holds):
+  a move commits it without asking again (a HEAD would return the very
+  checksum the server just verified; docs/operations.md).
 - ``put`` is conditional (``If-None-Match: *``): the server refuses it with 412
   (-> ObjectExists) when the key is taken, atomically, with no HEAD-then-PUT race.
   A put whose response was lost and that botocore retried therefore also ends
@@ -93,6 +96,7 @@ class S3Tier:
         max_attempts: int = 3,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
+        upload_workers: int = 8,
     ) -> None:
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigError(f"tier {name!r}: give both access_key_id and secret_access_key, or neither")
@@ -112,6 +116,9 @@ class S3Tier:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_attempts = max_attempts
+        # Concurrent uploads of a move into this tier (ilm.lifecycle.move); the client
+        # keeps at least as many connections open.
+        self.upload_workers = upload_workers
         # Server-side encryption asked for on every write (docs/security.md).
         self._sse: dict[str, str] = {}
         if sse is not None:
@@ -142,6 +149,7 @@ class S3Tier:
             max_attempts=s.max_attempts,
             sse=s.sse,
             sse_kms_key_id=s.sse_kms_key_id,
+            upload_workers=s.upload_workers,
         )
         tier.worm, tier.retain_days = s.worm, s.retain_days
         return tier
@@ -167,6 +175,8 @@ class S3Tier:
                 retries={"max_attempts": self.max_attempts, "mode": "standard"},
                 s3={"addressing_style": "path"},  # SeaweedFS/MinIO endpoints are not wildcard DNS
                 signature_version="s3v4",
+                # botocore's default of 10 would make concurrent uploads beyond it wait or reconnect
+                max_pool_connections=max(10, self.upload_workers + 2),
             )
             try:
                 # A session per tier: boto3's default session is not thread-safe to create clients from.
@@ -334,7 +344,8 @@ class S3Tier:
                 raise ObjectExists(f"tier {self.name!r}: {key} already exists (the put answered "
                                    f"{self._code(exc) if isinstance(exc, bx.ClientError) else exc})") from None
             self._raise(exc, "put", key)
-        return StoredObject(key=key, size=len(data), sha256=sha256)
+        # Accepted: the server hashed the bytes it took and found ``sha256``.
+        return StoredObject(key=key, size=len(data), sha256=sha256, verified=True)
 
     @staticmethod
     def _server_error(exc: BaseException) -> bool:
