@@ -629,3 +629,37 @@ def test_checked_file_is_only_for_plain_files_that_match(service: ArchiveService
         service.checked_file(ref)
     with pytest.raises(IntegrityError, match="written since it was checked"):
         checked.open()
+
+
+def test_move_ends_when_the_destination_aborts(scp: DicomServer, study: StoredStudy, listener_port: int) -> None:
+    """The C-MOVE sub-association (ilm.dicom.sending's loop) ends when the destination aborts
+    it: the move answers with what was sent and what failed instead of hanging."""
+    got: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        got.append(str(event.request.AffectedSOPInstanceUID))
+        if len(got) == 2:
+            event.assoc.abort()
+        return 0x0000
+
+    ae = AE(ae_title=SCU_LISTENER)
+    for cx in (CTImageStorage, MRImageStorage):
+        ae.add_supported_context(cx, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    dest = ae.start_server(("127.0.0.1", listener_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        started = time.monotonic()
+        ae_scu = AE(ae_title="PYMOVE")
+        ae_scu.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae_scu.associate("127.0.0.1", scp.port, ae_title=AET)
+        try:
+            responses = list(assoc.send_c_move(_study_level(study.study_uid), SCU_LISTENER,
+                                               StudyRootQueryRetrieveInformationModelMove))
+        finally:
+            assoc.release()
+        assert time.monotonic() - started < 60
+    finally:
+        dest.shutdown()
+    status = responses[-1][0]
+    assert status.Status in (0xB000, 0xA702), status
+    assert status.NumberOfCompletedSuboperations <= 2
+    assert status.NumberOfCompletedSuboperations + status.NumberOfFailedSuboperations == 6

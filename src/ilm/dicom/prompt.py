@@ -29,7 +29,7 @@ from pynetdicom.association import Association
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
-__all__ = ["prompt_association", "DUL_IDLE_SECONDS"]
+__all__ = ["prompt_association", "ended", "DUL_IDLE_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +53,44 @@ class _PromptAssociation(Association):
                 context_id, msg = None, None
             if msg:
                 self._serve_request(msg, cast(int, context_id))
-            if self.is_established and self.acse.is_release_requested():
-                self.acse.send_release(is_response=True)
-                self.is_released = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_RELEASED, {})
-                self.kill()
+            if ended(self):
                 return
-            if self.acse.is_aborted():
-                self.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for the abort
-                self.is_aborted = True
-                self.is_established = False
-                evt.trigger(self, evt.EVT_ABORTED, {})
-                self.kill()
-                return
-            if not self.dul.is_alive():
-                self.kill()
-                return
-            if self.dul.idle_timer_expired():
-                log.error("Network timeout reached")
-                if self.network_timeout_response == "A-RELEASE":
-                    self._is_paused = True
-                    self._reactor_checkpoint.wait()
-                    self.release()
-                    self._is_paused = False
-                else:
-                    self.abort()
-                self.kill()
-                return
+
+
+def ended(assoc: Association) -> bool:
+    """What pynetdicom's association loop does after each look at its queue: answer a
+    release the peer asked for, and end on an abort, a stopped DUL or the network timeout.
+    True when the association has ended (the loop then returns)."""
+    if assoc.is_established and assoc.acse.is_release_requested():
+        assoc.acse.send_release(is_response=True)
+        assoc.is_released = True
+        assoc.is_established = False
+        evt.trigger(assoc, evt.EVT_RELEASED, {})
+        assoc.kill()
+        return True
+    if assoc.acse.is_aborted():
+        assoc.is_aborted = True  # before the abort leaves the queue: a sender looks at one or the other
+        assoc.is_established = False
+        assoc.dul.receive_pdu(wait=False)  # EVT_ACSE_RECV fires for the abort
+        evt.trigger(assoc, evt.EVT_ABORTED, {})
+        assoc.kill()
+        return True
+    if not assoc.dul.is_alive():
+        assoc.kill()
+        return True
+    if assoc.dul.idle_timer_expired():
+        log.error("Network timeout reached")
+        if assoc.network_timeout_response == "A-RELEASE":
+            paused = assoc._is_paused
+            assoc._is_paused = True
+            assoc._reactor_checkpoint.wait()
+            assoc.release()
+            assoc._is_paused = paused
+        else:
+            assoc.abort()
+        assoc.kill()
+        return True
+    return False
 
 
 def prompt_association(event: "Event") -> None:

@@ -81,7 +81,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from ilm.config import DicomSettings
 from ilm.dicom.outgoing import DestinationTls, destination_tls
-from ilm.dicom.sending import StoredFile, Unsendable, send_files_over, sends_files, stored_dataset
+from ilm.dicom.sending import StoredFile, Unsendable, send_files_over, sending_association, sends_files, stored_dataset
 from ilm.errors import IlmError, IntegrityError, InvalidUID, NotReady, StorageError
 from ilm.models import StudyFilter
 from ilm.readahead import read_ahead
@@ -458,7 +458,7 @@ def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettin
     sub: list[Any] = []
 
     def established(ev: "Event") -> None:
-        send_files_over(ev.assoc)
+        sending_association(ev)
         sub.append(ev.assoc)
 
     options: dict[str, Any] = {"contexts": _store_contexts(plan.refs), "max_pdu": settings.maximum_pdu_size,

@@ -26,13 +26,27 @@ fails before a byte is sent, so pynetdicom counts a failed sub-operation and
 lists its SOP Instance UID in the final response's Failed SOP Instance UID
 List. Neither stand-in has file meta, so an association whose
 ``send_c_store`` is not wrapped refuses to send it (a failed sub-operation,
-never a dataset of two elements).
+never a dataset of two elements). Once the peer has aborted, every further
+send fails at once instead of waiting out the DIMSE timeout.
+
+The C-MOVE sub-association itself (``sending_association``, bound to its
+EVT_ESTABLISHED) also drops two of pynetdicom's fixed waits per instance,
+as ``ilm.dicom.prompt`` does for accepted associations: each
+``send_c_store`` first waits for the association's loop to pause (that loop
+sleeps 1 ms before it looks at its queue: most of a millisecond when
+instances follow each other), and its DUL loop sleeps 1 ms when idle before
+it sends the next request or sees the answer. Measured in ``ilm serve``
+(100 CT instances to pynetdicom's storescp, load average 7-8 on 2 cores):
+from the start of a C-STORE to its request being handed to the DUL 1.7-2.2
+ms before, 1.0 ms after; to its last PDU sent 1.1-1.3 ms, 0.8-1.0 ms; 75 and
+86 instances/s in the same minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -40,14 +54,17 @@ from typing import TYPE_CHECKING, Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import _config
+from pynetdicom.association import Association
 
 from ilm.errors import StorageError
 from ilm.storage.filesystem import CheckedFile
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+from ilm.dicom.prompt import DUL_IDLE_SECONDS, ended
 
-__all__ = ["StoredFile", "Unsendable", "send_files_over", "sends_files", "stored_dataset"]
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+__all__ = ["StoredFile", "Unsendable", "send_files_over", "sends_files", "stored_dataset", "sending_association"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +137,10 @@ def send_files_over(assoc: "Association") -> None:
     plain = assoc.send_c_store
 
     def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        if assoc.is_aborted or not assoc.is_established or assoc.acse.is_aborted():
+            # The peer aborted (or the connection closed) during the previous C-STORE: fail
+            # at once rather than send into it and wait out the DIMSE timeout.
+            raise StorageError(f"{dataset.SOPInstanceUID} not sent: the association to the destination has ended")
         if isinstance(dataset, StoredFile):
             return dataset.send(plain, *args, **kwargs)
         if isinstance(dataset, Unsendable):
@@ -132,3 +153,33 @@ def send_files_over(assoc: "Association") -> None:
 
 def sends_files(assoc: "Association") -> bool:
     return bool(getattr(assoc, _WRAPPED, False))
+
+
+_LOOK_SECONDS = 0.001  # how often the sending association's loop looks at release, abort and timeouts
+
+
+class _SendingAssociation(Association):
+    """An association that only sends C-STOREs and reads their answers itself (``send_c_store``
+    waits on the DIMSE queue): its loop never takes DIMSE messages, so it counts as paused for
+    a sender at all times. pynetdicom's loop sleeps 1 ms, then pauses, and every
+    ``send_c_store`` first waits for that pause: up to a millisecond per instance, most of
+    one when instances follow each other. The loop still ends the association on a release
+    the peer asks for, an abort, a stopped DUL and the network timeout, as pynetdicom's does."""
+
+    def _run_reactor(self) -> None:
+        self._is_paused = True
+        while not self._kill:
+            time.sleep(_LOOK_SECONDS)
+            if ended(self):
+                return
+
+
+def sending_association(event: "Event") -> None:
+    """EVT_ESTABLISHED of a C-MOVE sub-association (its loop not started yet): make it send
+    files (``send_files_over``), start each C-STORE at once (``_SendingAssociation``) and
+    pick up each answer within ``DUL_IDLE_SECONDS`` instead of pynetdicom's 1 ms."""
+    assoc = event.assoc
+    if type(assoc) is Association and assoc.is_requestor:
+        assoc.__class__ = _SendingAssociation
+        assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
+    send_files_over(assoc)
