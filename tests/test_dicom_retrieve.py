@@ -663,3 +663,29 @@ def test_move_ends_when_the_destination_aborts(scp: DicomServer, study: StoredSt
     assert status.Status in (0xB000, 0xA702), status
     assert status.NumberOfCompletedSuboperations <= 2
     assert status.NumberOfCompletedSuboperations + status.NumberOfFailedSuboperations == 6
+
+
+def test_files_whose_meta_names_other_uids_are_sent_under_their_own(scp: DicomServer, service: ArchiveService,
+                                                                    storescp: StoreSCP, pydicom_test_files: Path,
+                                                                    tmp_path: Path) -> None:
+    """Stored files whose file meta still names another instance (copies edited without updating
+    their meta are common) reach the destination each under its own SOP Instance UID: the file
+    meta does not name the C-STORE's Affected SOP Instance UID, the dataset does."""
+    study_uid = "1.2.826.0.1.3680043.10.990"
+    folder = tmp_path / "stale-meta"
+    folder.mkdir()
+    blobs = {}
+    for i in (1, 2):
+        ds = pydicom.dcmread(pydicom_test_files / "CT_small.dcm")
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, f"{study_uid}.1", f"{study_uid}.1.{i}"
+        assert ds.file_meta.MediaStorageSOPInstanceUID != ds.SOPInstanceUID  # the meta names the original
+        ds.save_as(folder / f"{i}.dcm")
+        blobs[ds.SOPInstanceUID] = (folder / f"{i}.dcm").read_bytes()
+    for p in sorted(folder.iterdir()):
+        assert service.ingest_path(p).status.value == "stored"
+    r = movescu(scp, "-S", ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"])
+    assert r.returncode == 0, r.stderr
+    got = storescp.received()
+    assert sorted(got) == sorted(blobs)
+    for uid, blob in got.items():
+        assert pydicom.dcmread(DicomBytesIO(blob)) == pydicom.dcmread(DicomBytesIO(blobs[uid])), uid

@@ -52,6 +52,8 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.dataset import Dataset
 from pynetdicom import _config
 from pynetdicom.association import Association
@@ -103,13 +105,29 @@ class StoredFile(Dataset):
             return plain(stored_dataset(self._ilm_reread()), *args, **kwargs)
         with fh:
             by_fd = f"/proc/self/fd/{fh.fileno()}"
+            source = by_fd if os.path.exists(by_fd) else str(self._ilm_file.path)
+            if not self._meta_names_it(source):
+                # pynetdicom takes the Affected SOP Class/Instance UID of a file it sends from the
+                # file meta; files whose meta names other UIDs than their dataset (common: a copy
+                # edited without updating its meta) are sent as datasets, under their own UIDs.
+                return plain(dcmread(fh), *args, **kwargs)
             try:
-                return plain(by_fd if os.path.exists(by_fd) else str(self._ilm_file.path), *args, **kwargs)
+                return plain(source, *args, **kwargs)
             except ValueError:  # no presentation context accepted in the stored transfer syntax
                 log.debug("%s: no presentation context accepted in its stored transfer syntax: sent converted",
                           self.SOPInstanceUID)
                 fh.seek(0)
                 return plain(dcmread(fh), *args, **kwargs)
+
+
+    def _meta_names_it(self, source: str) -> bool:
+        """Whether the file meta names this instance's SOP Class and Instance UIDs."""
+        try:
+            meta = read_file_meta_info(source)
+        except (OSError, InvalidDicomError):
+            return False
+        return bool(meta.get("MediaStorageSOPInstanceUID") == self.SOPInstanceUID
+                    and meta.get("MediaStorageSOPClassUID") == self.SOPClassUID)
 
 
 class Unsendable(Dataset):
