@@ -138,6 +138,7 @@ def test_as_of_previews_the_future(service: ArchiveService, archive: dict[str, s
     assert decided[archive["mid_ct"]] == "expire"  # 2020 + 10y < 2031
     with service.catalog.read() as c:
         assert c.execute(sa.text("SELECT count(*) FROM plans")).scalar_one() == 0
+        assert c.execute(sa.text("SELECT count(*) FROM plan_rule_actions")).scalar_one() == 0  # a preview writes none
 
 
 def test_actions_a_rule_decided_are_listed_paged_recorded_and_outlive_a_purge(
