@@ -118,6 +118,9 @@ class SeaweedFS:
             f"-dir={d}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
+            # Each bucket takes a volume of its own; "auto" allows free disk / 1 GiB of them
+            # (~50 here), too few for a test session that makes a bucket per test.
+            "-volume.max=1000",
             # Like AWS: an upload to a missing bucket fails instead of creating it.
             "-s3.autoCreateBucket=false",
             f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3_grpc']}",
