@@ -24,7 +24,7 @@ from support.http import serve
 from ilm import service as service_module
 from ilm.config import Settings, load_settings
 from ilm.models import StudyFilter
-from ilm.service import ArchiveService
+from ilm.service import ArchiveService, iter_files
 from ilm.web import create_app
 
 from conftest import write_config
@@ -183,3 +183,25 @@ def test_concurrent_clients_sending_the_same_instances_store_each_once(
     assert sorted(r[1] for r in study_rows(service)) == [16, 16]
     files = tier_files(service)
     assert len(files) == 32 and not [p for p in files if p.name.startswith(".tmp-")]
+
+
+def test_import_stores_files_in_groups_in_their_order(service: ArchiveService, ct_small: Path,
+                                                      tmp_path: Path) -> None:
+    data = make_instances(ct_small, studies=1, series=2, per_series=30)  # 60 files: two groups of at most 50
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, d in enumerate(data):
+        (folder / f"f{i:03d}.dcm").write_bytes(d)
+    (folder / "f010a.dcm").write_bytes(data[3])            # the same instance again, in the first group
+    (folder / "f020a.txt").write_text("not dicom")         # rejected with a reason
+    (folder / "sub").mkdir()
+    (folder / "sub" / "again.dcm").write_bytes(data[55])   # the same instance again, in a later group
+    seen: list[str] = []
+    commits = []
+    event.listen(service.catalog.engine, "commit", lambda conn: commits.append(1))
+    report = service.import_paths([folder], progress=lambda r: seen.append(r.source))
+    assert (report.stored, report.duplicates, report.rejected) == (60, 2, 1)
+    assert seen == [str(p) for p in iter_files([folder])]  # one result per file, in the order of the files
+    assert len(tier_files(service)) == 60
+    assert study_rows(service)[0][1:3] == (60, 2)
+    assert len(commits) < 15  # groups, not one transaction per file

@@ -87,7 +87,7 @@ from ilm.lifecycle.plan_compare import compare_decisions, export_plan, peer_deci
 from ilm.metrics import ArchiveMetrics, CatalogSnapshot, PromotionCounts
 from ilm import study_export
 
-__all__ = ["ArchiveService", "ImportReport", "iter_files"]
+__all__ = ["ArchiveService", "ImportReport", "iter_files", "INGEST_GROUP_FILES", "INGEST_GROUP_BYTES"]
 
 
 def _now() -> datetime:
@@ -191,6 +191,11 @@ class _Written:
     wrote: bool  # written now (False: an identical object a crash left was adopted)
     lock: tuple[str, datetime] | None = None  # (mode, retain-until) on a WORM tier
 
+
+# Files stored together by ingest_many (a STOW-RS request's parts, an import's files): at most
+# this many and this many bytes in memory and in one catalog transaction.
+INGEST_GROUP_FILES = 50
+INGEST_GROUP_BYTES = 64 * 1024 * 1024
 
 # Objects of one STOW-RS request written at once: their hashing, writing and flushing overlap
 # (hashlib, write and fsync release Python's lock; the file system commits concurrent flushes together).
@@ -327,23 +332,45 @@ class ArchiveService:
         None when no audit sink is configured."""
         return self.atna.import_batch(sender, address, ae_title=ae_title)
 
-    def ingest_path(self, path: Path, *, batch: ImportBatch | None = None) -> IngestResult:
+    @staticmethod
+    def _read_file(path: Path) -> bytes | IngestResult:
         try:
-            data = path.read_bytes()
+            return path.read_bytes()
         except OSError as exc:
             return IngestResult(IngestStatus.REJECTED, str(path), reason=f"{path}: cannot read: {exc.strerror}")
-        return self.ingest_bytes(data, str(path), batch=batch)
+
+    def ingest_path(self, path: Path, *, batch: ImportBatch | None = None) -> IngestResult:
+        data = self._read_file(path)
+        return data if isinstance(data, IngestResult) else self.ingest_bytes(data, str(path), batch=batch)
 
     def import_paths(
         self, paths: Iterable[Path], progress: Callable[[IngestResult], None] | None = None
     ) -> ImportReport:
+        """Import every file under ``paths``, stored in groups like the parts of a STOW-RS
+        request (``ingest_many``: objects written in parallel, one catalog transaction per
+        group of at most INGEST_GROUP_FILES files and INGEST_GROUP_BYTES bytes)."""
         report = ImportReport()
-        with self.import_batch(_login()) or nullcontext() as batch:
-            for p in iter_files(paths):
-                r = self.ingest_path(p, batch=batch)
+        group: list[tuple[bytes, str]] = []
+
+        def done(results: Iterable[IngestResult]) -> None:
+            for r in results:
                 report.add(r)
                 if progress:
                     progress(r)
+
+        with self.import_batch(_login()) or nullcontext() as batch:
+            for p in iter_files(paths):
+                data = self._read_file(p)
+                if isinstance(data, IngestResult) or (group and (
+                        len(group) >= INGEST_GROUP_FILES
+                        or sum(len(d) for d, _ in group) + len(data) > INGEST_GROUP_BYTES)):
+                    done(self.ingest_many(group, batch=batch))  # results stay in the order of the files
+                    group = []
+                if isinstance(data, IngestResult):
+                    done([data])
+                else:
+                    group.append((data, str(p)))
+            done(self.ingest_many(group, batch=batch))
         self._snapshot_after("import")
         return report
 

@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from ilm.models import IngestResult, IngestStatus
-from ilm.service import ArchiveService
+from ilm.service import INGEST_GROUP_BYTES, INGEST_GROUP_FILES, ArchiveService
 from ilm.web.auth import require
 from ilm.web.body_limit import ApiBodyLimit
 from ilm.web import api_admin, api_analytics, api_audit, api_fixity, api_ops, api_plans, api_retention, api_studies, api_tiers
@@ -75,12 +75,6 @@ class DicomJSONResponse(JSONResponse):
     media_type = DICOM_JSON
 
 
-# The parts of a request are stored in groups (one catalog transaction each, their files
-# written in parallel: ArchiveService.ingest_many) of at most this many parts and bytes.
-GROUP_PARTS = 50
-GROUP_BYTES = 64 * 1024 * 1024
-
-
 def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str | None, source: str) -> list[IngestResult]:
     results: list[IngestResult] = []
     client = source.removeprefix("stow-rs:")
@@ -102,7 +96,9 @@ def _ingest_parts(service: ArchiveService, parts: list[StowPart], study_uid: str
                     reason=f"part Content-Type {part.content_type!r} is not application/dicom",
                 ))
                 continue
-            if group and (len(group) >= GROUP_PARTS or sum(p.size for p in group) + part.size > GROUP_BYTES):
+            # stored in groups (one catalog transaction each, their files written in parallel)
+            if group and (len(group) >= INGEST_GROUP_FILES
+                          or sum(p.size for p in group) + part.size > INGEST_GROUP_BYTES):
                 flush()
             group.append(part)
         flush()
