@@ -60,8 +60,13 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     try:
         with engine.connect() as conn:
             conn.info["write"] = True
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-            conn.commit()
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                # The flag belongs to the pooled connection: left set, whoever reads on it next would
+                # BEGIN IMMEDIATE and wait for (or hold) the write lock.
+                conn.info["write"] = False
     except SQLAlchemyError as exc:
         raise CatalogError(f"catalog {engine.url!r}: migration failed: {exc}") from None
