@@ -20,7 +20,7 @@ from support.seaweed import SeaweedFS
 
 from ilm.cli import app as ilm_app
 from ilm.config import load_settings
-from ilm.errors import ConfigError
+from ilm.errors import ConfigError, IntegrityError
 from ilm.fixity.scrub import Scrubber
 from ilm.fixity.verify import sample_ids
 from ilm.lifecycle import retention
@@ -140,6 +140,25 @@ def test_flipped_byte_is_marked_repaired_from_the_replica_and_audited(mirrored: 
     assert again.clean and (again.objects, again.ok) == (6, 6)
 
 
+def test_a_read_that_finds_a_bad_copy_serves_the_replica_and_marks_it(mirrored: ArchiveService,
+                                                                      pydicom_test_files: Path, tmp_path: Path) -> None:
+    """A read (WADO-RS, C-GET, C-MOVE, export: all through ArchiveService.read) checks the bytes
+    against the catalog: a bad copy no fixity check has found yet is marked bad and audited as a
+    check would, the replica's bytes are served, and the next verify repairs the copy."""
+    sops = _ingest_study(mirrored, pydicom_test_files / "CT_small.dcm", tmp_path, 12)
+    hot_file = mirrored.settings.home / "tiers/hot" / _key(12, sops[1])
+    original = hot_file.read_bytes()
+    _flip(hot_file)
+    refs = {r.sop_uid: r for r in mirrored.instances_to_read(_study(12))}
+    assert refs[sops[1]].tier == "hot"  # not known to be bad yet
+    assert mirrored.read(refs[sops[1]]) == original  # the replica's bytes, not the flipped ones
+    assert _copies(mirrored, sops[1])["hot"][0] == "bad"
+    assert _audit_actions(mirrored).count("fixity.bad") == 1
+    assert {r.sop_uid: r.tier for r in mirrored.instances_to_read(_study(12))}[sops[1]] == "mirror"
+    report = mirrored.verify()
+    assert (report.repaired, report.remaining) == (1, 0) and hot_file.read_bytes() == original
+
+
 def test_deleted_object_is_missing_then_repaired(mirrored: ArchiveService, pydicom_test_files: Path,
                                                  tmp_path: Path) -> None:
     sops = _ingest_study(mirrored, pydicom_test_files / "CT_small.dcm", tmp_path, 3)
@@ -177,7 +196,10 @@ def test_without_a_replica_a_bad_copy_is_reported_kept_and_never_served(tmp_path
         assert "no other verified copy" in report.problems[0].kept_because
         assert hot_file.read_bytes() == corrupt  # kept for forensics, never deleted
         assert _copies(svc, sops[2])["hot"][0] == "bad"
-        assert sops[2] not in {r.sop_uid for r in svc.instances_to_read(_study(4))}
+        assert sops[2] not in {r.sop_uid for r in svc.instances_to_read(_study(4)) if not r.problem}
+        [bad] = [r for r in svc.instances_to_read(_study(4)) if r.sop_uid == sops[2]]
+        with pytest.raises(IntegrityError, match="no verified copy"):  # listed (a retrieval reports it), never served
+            svc.read(bad)
         # A second run reports it again (it is not fixed), without a second audit entry.
         assert svc.verify().remaining == 1
         assert _audit_actions(svc).count("fixity.bad") == 1
@@ -434,7 +456,7 @@ def test_packed_copies_are_checked_by_their_byte_range(tmp_path: Path, catalog_u
         (problem,) = report.problems
         assert problem.sop_uid == sops[1] and "no other verified copy" in problem.kept_because  # tests/test_fixity_packs.py
         assert (home / "tiers/warm" / key).exists()
-        assert {r.sop_uid for r in svc.instances_to_read(_study(10))} == {sops[0], sops[2]}
+        assert {r.sop_uid for r in svc.instances_to_read(_study(10)) if not r.problem} == {sops[0], sops[2]}
     finally:
         svc.close()
 

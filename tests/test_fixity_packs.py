@@ -81,7 +81,7 @@ def _catalog_sha(svc: ArchiveService) -> dict[str, str]:
 
 def _read_back(svc: ArchiveService, tier: str) -> dict[str, str]:
     """Every instance read through the service from its copy on ``tier``, as SHA-256."""
-    refs = [r for r in svc.instances_to_read(STUDY) if r.tier == tier]
+    refs = [r for r in svc.instances_to_read(STUDY) if r.tier == tier and not r.problem]
     return {r.sop_uid: hashlib.sha256(svc.read(r)).hexdigest() for r in refs}
 
 
@@ -167,7 +167,7 @@ def test_without_a_verified_source_the_member_is_marked_reported_and_nothing_is_
         assert pack_file.read_bytes() == corrupt  # the same pack, untouched; no other pack written
         assert [p.name for p in pack_file.parent.iterdir()] == [pack_file.name]
         assert _packed(svc, "warm")[sops[1]][3] == "bad"
-        assert {r.sop_uid for r in svc.instances_to_read(STUDY)} == {sops[0], sops[2]}  # never served
+        assert {r.sop_uid for r in svc.instances_to_read(STUDY) if not r.problem} == {sops[0], sops[2]}  # never served
         assert _journal(svc) == ["done"]  # only the move that packed it
     finally:
         svc.close()

@@ -50,6 +50,7 @@ from ilm.atna.emitter import AuditEmitter
 from ilm.atna.export import ExportReport, export_trail
 from ilm.atna.imports import ImportBatch
 from ilm.atna import messages as atna_messages
+from ilm.fixity.on_read import mark_bad_on_read
 from ilm.atna.messages import QueryAudit
 from ilm.catalog.access import InstanceRef, instance_refs
 from ilm.catalog.analytics import received_by_month
@@ -577,11 +578,15 @@ class ArchiveService:
             return instance_refs(conn, study_uid, series_uid, sop_uid, list(self.settings.tiers), now=self.clock())
 
     def read(self, ref: InstanceRef) -> bytes:
-        """The stored Part 10 bytes of one instance.
+        """The stored Part 10 bytes of one instance, checked against its SHA-256 in the catalog.
 
-        NotReady when the copy is on an archive tier and no restored copy is
-        there yet (a restore is needed or under way); StorageError if the tier fails.
+        A copy whose bytes do not match is marked bad (ilm.fixity.on_read) and the next
+        verified copy is read instead; IntegrityError when no copy is left. NotReady when
+        the copy is on an archive tier and no restored copy is there yet (a restore is
+        needed or under way); StorageError if the tier fails.
         """
+        if ref.problem:  # no verified copy left: never served
+            raise IntegrityError(ref.problem)
         t = self.settings.tiers.get(ref.tier)
         if t is not None and t.archive:
             fresh = self.instances_to_read(ref.study_uid, sop_uid=ref.sop_uid)
@@ -592,14 +597,20 @@ class ArchiveService:
             raise NotReady(f"study {ref.study_uid} is on archive tier {ref.tier!r}: it must be restored first "
                            f"(ilm recall {ref.study_uid})")
         try:
-            if ref.pack_offset is not None and ref.pack_length is not None:
-                # One instance of a packed study: a ranged read of its bytes only,
-                # checked against the instance's own SHA-256 (the tier's checksum covers the whole pack).
-                data = self.tier(ref.tier).get_range(ref.key, ref.pack_offset, ref.pack_length)
-                if hashlib.sha256(data).hexdigest() != ref.sha256:
-                    raise IntegrityError(f"tier {ref.tier!r}: instance {ref.sop_uid} in {ref.key} does not match its SHA-256")
-                return data
-            return self.tier(ref.tier).get(ref.key)
+            try:
+                return self._read_checked(ref)
+            except IntegrityError:
+                return self._read_checked(ref)  # once more: a mismatch that persists is the copy's, not the read's
+        except IntegrityError as exc:
+            # The copy is bad: marked (never read again until repaired) and audited, like a fixity
+            # check finding it; the read goes on with the next verified copy, if there is one.
+            mark_bad_on_read(self.catalog, ref.sop_uid, ref.tier, str(exc))
+            fresh = self.instances_to_read(ref.study_uid, sop_uid=ref.sop_uid)
+            if not fresh or (fresh[0].tier, fresh[0].key, fresh[0].pack_offset) == (ref.tier, ref.key, ref.pack_offset):
+                raise
+            logging.getLogger(__name__).warning("%s: read from tier %r instead (the copy on %r is bad)",
+                                                ref.sop_uid, fresh[0].tier, ref.tier)
+            return self.read(fresh[0])
         except ObjectNotFound:
             # Moved since ``ref`` was resolved (a promotion this very read queued, a policy
             # move): the move committed the new copy before deleting this one, so read that.
@@ -608,6 +619,17 @@ class ArchiveService:
                 raise
             return self.read(fresh[0])
 
+    def _read_checked(self, ref: InstanceRef) -> bytes:
+        """One copy's bytes, checked against the instance's SHA-256 in the catalog (IntegrityError)."""
+        if ref.pack_offset is not None and ref.pack_length is not None:
+            # One instance of a packed study: a ranged read of its bytes only (the tier's checksum covers the whole pack).
+            data = self.tier(ref.tier).get_range(ref.key, ref.pack_offset, ref.pack_length)
+        else:
+            data = self.tier(ref.tier).get(ref.key)
+        if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise IntegrityError(f"tier {ref.tier!r}: instance {ref.sop_uid} in {ref.key} does not match its SHA-256")
+        return data
+
     def checked_file(self, ref: InstanceRef) -> CheckedFile | None:
         """The file that holds this instance, its bytes hashed just now against the catalog's
         SHA-256, when the copy is a plain file on a filesystem tier (not encrypted, not packed,
@@ -615,6 +637,8 @@ class ArchiveService:
         memory first. None for any other copy, or when the file is gone (moved since ``ref``
         was resolved): read those with ``read``. IntegrityError when the file's bytes do not
         match the catalog's SHA-256: they are never sent."""
+        if ref.problem:
+            raise IntegrityError(ref.problem)
         t = self.settings.tiers.get(ref.tier)
         tier = self.tier(ref.tier)
         if t is None or t.archive or ref.pack_offset is not None or not isinstance(tier, FilesystemTier):

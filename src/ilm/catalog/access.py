@@ -75,6 +75,13 @@ class InstanceRef:
     # Inside a packed study object (ilm.storage.pack): the instance's byte range in ``key``.
     pack_offset: int | None = None
     pack_length: int | None = None
+    # Set when the instance has no verified copy left (every copy marked bad or missing by a
+    # fixity check or a read): why it cannot be read. Such an instance is still listed, so
+    # that a retrieval reports it as failed instead of leaving it out unsaid.
+    problem: str = ""
+
+
+_READ_STATES = (CopyState.VERIFIED.value, CopyState.BAD.value, CopyState.MISSING.value)
 
 
 def instance_refs(
@@ -88,17 +95,18 @@ def instance_refs(
     """The instances of an active study (or of one series, or one instance), each
     with the verified copy on the hottest tier (``tier_order``, hottest first).
     With ``now``, restored copies of archived instances that expired by then
-    are left out (a valid restored copy on a hotter tier is picked by the order)."""
+    are left out (a valid restored copy on a hotter tier is picked by the order).
+    An instance with no verified copy left comes with a marked one and its ``problem``."""
     q = (
         select(studies.c.study_uid, series.c.series_uid, instances.c.sop_uid, instances.c.sop_class_uid,
                instances.c.transfer_syntax_uid, instances.c.size_bytes, instances.c.sha256,
                locations.c.tier, locations.c.object_key, series.c.number, instances.c.number,
-               locations.c.pack_offset, locations.c.pack_length)
+               locations.c.pack_offset, locations.c.pack_length, locations.c.state, locations.c.problem)
         .join(instances, instances.c.study_pk == studies.c.id)
         .join(series, series.c.id == instances.c.series_pk)
         .join(locations, locations.c.instance_pk == instances.c.id)
         .where(studies.c.study_uid == study_uid, studies.c.state == "active",
-               locations.c.state == CopyState.VERIFIED.value)
+               locations.c.state.in_(_READ_STATES))
     )
     if series_uid is not None:
         q = q.where(series.c.series_uid == series_uid)
@@ -109,9 +117,13 @@ def instance_refs(
     rank = {t: i for i, t in enumerate(tier_order or [])}
     best: dict[str, tuple[int, InstanceRef, tuple[int, int]]] = {}
     for r in conn.execute(q):
+        marked = r[13] != CopyState.VERIFIED.value
+        problem = (f"no verified copy of {r[2]} left: the copy on tier {r[7]!r} is marked {r[13]}"
+                   + (f" ({r[14]})" if r[14] else "") + " (ilm verify repairs it from another copy, if any)"
+                   if marked else "")
         ref = InstanceRef(r[0], r[1], r[2], r[3], r[4], int(r[5]), r[6], r[7], r[8],
-                          None if r[11] is None else int(r[11]), None if r[12] is None else int(r[12]))
-        order = rank.get(ref.tier, len(rank))
+                          None if r[11] is None else int(r[11]), None if r[12] is None else int(r[12]), problem)
+        order = rank.get(ref.tier, len(rank)) + (len(rank) + 1 if marked else 0)  # any verified copy first
         if ref.sop_uid not in best or order < best[ref.sop_uid][0]:
             best[ref.sop_uid] = (order, ref, (r[9] or 0, r[10] or 0))
     return [v[1] for v in sorted(best.values(), key=lambda v: (v[1].series_uid, v[2][0], v[2][1], v[1].sop_uid))]

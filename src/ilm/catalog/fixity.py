@@ -26,7 +26,7 @@ from ilm.models import CopyState
 
 __all__ = [
     "CheckedCopy", "CopyToCheck", "RepairSource", "ReplicaTodo", "add_replica", "candidate_ids", "candidate_page",
-    "candidate_totals", "copies_by_ids", "fixity_counts", "mark_repaired", "marked_copies", "missing_replicas",
+    "candidate_totals", "copies_by_ids", "copy_on_tier", "fixity_counts", "mark_repaired", "marked_copies", "missing_replicas",
     "record_checks", "repair_sources",
 ]
 
@@ -126,6 +126,14 @@ def copies_by_ids(conn: Connection, ids: Sequence[int]) -> list[CopyToCheck]:
                                     None if r[9] is None else int(r[9]), None if r[10] is None else int(r[10]))
              for r in rows}
     return [by_id[i] for i in ids if i in by_id]
+
+
+def copy_on_tier(conn: Connection, sop_uid: str, tier: str) -> CopyToCheck | None:
+    """The copy of an instance on ``tier`` (whole object or pack member), None when there is none."""
+    r = conn.execute(select(locations.c.id).join(instances, instances.c.id == locations.c.instance_pk)
+                     .where(instances.c.sop_uid == sop_uid, locations.c.tier == tier)).first()
+    found = copies_by_ids(conn, [int(r[0])]) if r is not None else []
+    return found[0] if found else None
 
 
 def record_checks(conn: Connection, checked: Iterable[CheckedCopy], now: datetime) -> list[CheckedCopy]:
