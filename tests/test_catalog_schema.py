@@ -43,3 +43,26 @@ def test_unreachable_catalog_is_a_clear_error() -> None:
 
     with pytest.raises(CatalogError, match="migration failed|cannot open"):
         Catalog.open(f"postgresql+psycopg://ilm@127.0.0.1:{free_port()}/nope?connect_timeout=2")
+
+
+def test_a_catalog_that_passed_the_reserved_revisions_empty_is_repaired(catalog_url: str) -> None:
+    """0012 and 0013 were reserved no-ops before they were filled: a catalog migrated in
+    between lacks their tables and columns; opening it (0015) adds them, and keeps its rows."""
+    cat = Catalog.open(catalog_url)
+    with cat.write() as c:
+        c.execute(sa.text("INSERT INTO patients (patient_id, issuer, name, birth_date_raw, sex) VALUES ('p1', '', '', '', '')"))
+        c.execute(sa.text("DROP TABLE tier_history"))
+        c.execute(sa.text("DROP TABLE received_history"))
+        c.execute(sa.text("DROP TABLE plan_rule_actions"))
+        c.execute(sa.text("ALTER TABLE plans DROP COLUMN rule_codes"))
+        c.execute(sa.text("UPDATE alembic_version SET version_num = '0014'"))
+    cat.close()
+    again = Catalog.open(catalog_url)
+    try:
+        with again.engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": False})
+            assert compare_metadata(ctx, metadata) == []
+        with again.read() as c:
+            assert c.execute(sa.text("SELECT count(*) FROM patients")).scalar_one() == 1
+    finally:
+        again.close()
