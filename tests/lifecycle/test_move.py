@@ -9,6 +9,8 @@ import pydicom
 import pytest
 import sqlalchemy as sa
 
+from support.faulty_tiers import CorruptingTier
+
 from ilm.catalog.copies import start_moves, study_copies
 from ilm.lifecycle.move import move_study, recover_moves
 from ilm.service import ArchiveService
@@ -141,21 +143,9 @@ def test_destination_with_other_bytes_is_detected_and_source_kept(
     wrapped around the real one: not a file-system tier, so the copy goes
     through get + put): the verify of what it holds against the catalog's
     SHA-256 catches it, nothing is committed and no source is deleted."""
-    from ilm.storage import Tier
-
-    class Corrupting:
-        def __init__(self, inner: Tier) -> None:
-            self.inner, self.name = inner, inner.name
-
-        def put(self, key: str, data: bytes, sha256: str | None = None) -> object:
-            return self.inner.put(key, data[:-1] + bytes([data[-1] ^ 0xFF]))  # ignores the SHA-256 it was given
-
-        def __getattr__(self, attr: str) -> object:
-            return getattr(self.inner, attr)
-
     uid = _make_study(service, pydicom_test_files / "CT_small.dcm", tmp_path, n=3)
     before = _files(service, "hot")
-    bad = Corrupting(service.tier("warm"))
+    bad = CorruptingTier(service.tier("warm"))
     result = move_study(service.catalog, lambda n: bad if n == "warm" else service.tier(n), uid, "warm")  # type: ignore[arg-type, return-value]
     assert result.moved == 0
     _assert_nothing_moved(service, before, result.failed, "holds other bytes than were written")

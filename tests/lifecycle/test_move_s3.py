@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from conftest import write_config
+from support.faulty_tiers import CorruptingTier
 from support.seaweed import SeaweedFS
 
 from ilm.config import load_settings
@@ -156,21 +157,10 @@ def test_s3_destination_storing_other_bytes_is_detected_and_the_source_kept(
     the SHA-256 it was asked to check): the digest of what the store accepted
     is compared with the catalog's, the object is removed again, nothing is
     committed and no source deleted."""
-
-    class Corrupting:
-        def __init__(self, inner: Tier) -> None:
-            self.inner, self.name = inner, inner.name
-
-        def put(self, key: str, data: bytes, sha256: str | None = None) -> object:
-            return self.inner.put(key, data[:-1] + bytes([data[-1] ^ 0xFF]))  # ignores the SHA-256 it was given
-
-        def __getattr__(self, attr: str) -> object:
-            return getattr(self.inner, attr)
-
     svc, bucket = s3_service
     uid = _study(svc, pydicom_test_files / "CT_small.dcm", tmp_path)
     before = _hot_files(svc)
-    bad = Corrupting(svc.tier("cloud"))
+    bad = CorruptingTier(svc.tier("cloud"))
     result = move_study(svc.catalog, lambda n: bad if n == "cloud" else svc.tier(n), uid, "cloud")  # type: ignore[arg-type, return-value]
     assert result.moved == 0 and len(result.failed) == N
     assert all("holds other bytes than were written" in f for f in result.failed)
