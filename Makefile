@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 APT_PACKAGES := dcmtk orthanc postgresql chromium chromium-driver
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv test-deps system-deps clean
+.PHONY: demo test bench typecheck venv test-deps system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: test-deps
 
 bench: test-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+typecheck: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m mypy
 
 clean:
 	rm -rf $(VENV) ilm-demo build src/*.egg-info .pytest_cache
