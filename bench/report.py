@@ -132,7 +132,7 @@ def write_report(folder: Path, out: Path, modules: Sequence[Any]) -> str:
             for t in getattr(mod, "targets", lambda r: [])(res):
                 summary.append(t)
         if summary:
-            parts.append("## Targets of issue 2\n\n" + table(["benchmark", "ratio", "target", "result"], summary))
+            parts.append("## Targets of the issues\n\n" + table(["benchmark", "ratio", "target", "result"], summary))
         parts.extend(sections)
     else:
         parts.append("No results yet: run `make bench`.")
