@@ -24,6 +24,7 @@ recovery deletes. Nothing is repacked when no bad member has a source.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -199,10 +200,8 @@ def _drop_old(catalog: Catalog, dst: Tier, old_key: str, ids: list[int], problem
         with catalog.read() as conn:
             left = references(conn, dst.name, old_key)
         if not left:
-            try:
+            with contextlib.suppress(ObjectNotFound):  # gone already (an earlier run deleted it): done
                 dst.delete(old_key)
-            except ObjectNotFound:
-                pass
     except ObjectLocked as exc:  # a WORM tier: the old pack stays until its date (reconcile finds it then)
         problems.append(f"old pack {dst.name}:{old_key} kept: {exc}")
     except (StorageError, IlmError) as exc:
