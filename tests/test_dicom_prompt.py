@@ -3,6 +3,7 @@ still end as pynetdicom's do: on release, on abort, and on the network timeout."
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -54,6 +55,49 @@ def test_accepted_associations_are_prompt_and_release_cleanly(scp: DicomServer) 
     assoc.release()  # type: ignore[attr-defined]
     wait_for(lambda: not scp.ae.active_associations, "the server side of a released association to end")
     assert accepted.is_released
+
+
+def test_accepted_connections_acknowledge_and_answer_without_delay(scp: DicomServer) -> None:
+    """A sender with Nagle's algorithm (dcmtk's storescu) holds the last short PDU of an instance
+    until the earlier ones are acknowledged: the accepted socket must not delay its
+    acknowledgements (TCP_QUICKACK, re-armed by every read) nor its answers (TCP_NODELAY)."""
+    assoc = _associate(scp)
+    (accepted,) = scp.ae.active_associations
+    sock = accepted.dul.socket
+    assert isinstance(sock, prompt._PromptSocket)
+    raw = sock.socket
+    assert raw is not None
+    assert raw.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    for _ in range(3):
+        assert assoc.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+
+
+def test_prompt_socket_reads_whole_pdus_acknowledging_at_once_and_stops_at_a_closed_connection() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    b = socket.create_connection(listener.getsockname())
+    a, _ = listener.accept()
+    listener.close()
+    try:
+        sock = prompt._PromptSocket.__new__(prompt._PromptSocket)
+        sock.socket = a
+        payload = bytes(range(256)) * 1000
+        b.sendall(payload[:100_000])
+        b.sendall(payload[100_000:])
+        assert sock.recv(6) == payload[:6]
+        assert sock.recv(len(payload) - 6) == payload[6:]
+        if hasattr(socket, "TCP_QUICKACK"):  # Linux: re-armed by the read (the kernel clears it by itself)
+            a.sendall(b"answer")  # sending right after receiving is what turns delayed acknowledgements on
+            assert b.recv(6) == b"answer"
+            b.sendall(b"x")
+            assert sock.recv(1) == b"x"
+            assert a.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)
+        b.sendall(b"abc")
+        b.close()
+        assert sock.recv(10) == b"abc"  # the peer closed: what arrived, shorter
+    finally:
+        a.close()
+        b.close()
 
 
 def test_an_aborted_association_ends(scp: DicomServer) -> None:

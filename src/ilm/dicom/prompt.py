@@ -12,6 +12,16 @@ loop's, and so does the next instance's first PDU.
 threads start) makes the association loop wait ON its message queue (it wakes
 the moment a message is queued, and still looks at release, abort and timeouts
 every millisecond) and shortens the DUL's idle sleep to ``DUL_IDLE_SECONDS``.
+
+It also makes the connection acknowledge what it receives at once (Linux
+TCP_QUICKACK, re-armed after every read, as the kernel drops back to delayed
+acknowledgements on its own) and send its answers without Nagle's delay
+(TCP_NODELAY). A sender that writes an instance as several PDUs holds the last,
+short one back until the previous ones are acknowledged (Nagle's algorithm,
+dcmtk's storescu does); a receiver that delays that acknowledgement (40 ms on
+Linux) stalls the instance for 40 ms. Measured with storescu sending 1,000 CT
+instances: 5 to 117 such stalls per run, up to half the run's time.
+The same read takes the PDU into one buffer (recv_into) instead of 4 KB pieces.
 The loop below is pynetdicom 3.0's ``Association._run_reactor`` with that one
 change; everything else (pausing for requests the acceptor sends itself, as a
 C-GET does) works as in pynetdicom.
@@ -21,10 +31,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 from typing import TYPE_CHECKING, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -93,9 +105,48 @@ def ended(assoc: Association) -> bool:
     return False
 
 
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+
+
+def _quickack(sock: socket.socket) -> None:
+    """Acknowledge what has arrived now, and the next segments at once too (Linux)."""
+    if _QUICKACK is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            pass
+
+
+class _PromptSocket(AssociationSocket):
+    def recv(self, nr_bytes: int) -> bytearray:
+        """``nr_bytes`` read from the socket (fewer when the connection closes first), each part
+        acknowledged at once. Blocking, like pynetdicom's."""
+        sock = cast(socket.socket, self.socket)
+        buf = bytearray(nr_bytes)
+        got = 0
+        with memoryview(buf) as view:
+            while got < nr_bytes:
+                n = sock.recv_into(view[got:], nr_bytes - got)
+                _quickack(sock)
+                if not n:
+                    break
+                got += n
+        if got < nr_bytes:
+            del buf[got:]
+        return buf
+
+
 def prompt_association(event: "Event") -> None:
     """EVT_CONN_OPEN: make the new association one that answers promptly (see the module)."""
     assoc = event.assoc
     if type(assoc) is Association and assoc.is_acceptor:
         assoc.__class__ = _PromptAssociation
         assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
+        sock = assoc.dul.socket
+        if type(sock) is AssociationSocket and sock.socket is not None:
+            sock.__class__ = _PromptSocket
+            try:
+                sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            _quickack(sock.socket)
