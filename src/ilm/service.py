@@ -23,16 +23,14 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom.dataset import Dataset
 from sqlalchemy.exc import SQLAlchemyError
 
 from ilm.catalog import Catalog
 from ilm.catalog.queries import archive_summary, find_instance, instance_locations, list_studies, location_exists, study_detail
 from ilm.catalog.records import NewCopy, record_conflict, record_instances
 from ilm.config import Settings
-from ilm.dicom.parse import FileMeta, dataset_bytes, part10_bytes, read_instance
 from ilm.errors import (
     IlmError, IntegrityError, NothingToApply, NotFound, NotReady, ObjectNotFound, RejectedInstance, StorageError,
     TierFull,
@@ -86,7 +84,12 @@ from ilm import health
 from ilm.lifecycle.apply import PlanChanged
 from ilm.lifecycle.plan_compare import compare_decisions, export_plan, peer_decisions
 from ilm.metrics import ArchiveMetrics, CatalogSnapshot, PromotionCounts
-from ilm import study_export
+
+if TYPE_CHECKING:  # pydicom (and numpy with it) is imported on first use: ilm plan, ilm cost ... never read DICOM
+    from ilm import study_export
+    from pydicom.dataset import Dataset
+
+    from ilm.dicom.parse import FileMeta
 
 __all__ = ["ArchiveService", "ImportReport", "iter_files", "INGEST_GROUP_FILES", "INGEST_GROUP_BYTES"]
 
@@ -263,6 +266,8 @@ class ArchiveService:
         study is rejected and nothing is stored. ``batch``: the audit batch
         (``import_batch``) the instance arrived in.
         """
+        from ilm.dicom.parse import read_instance
+
         try:
             facts, blob = read_instance(data, "data")
         except RejectedInstance as exc:
@@ -281,6 +286,8 @@ class ArchiveService:
         and catalogued in one transaction, so a request costs one commit, and its
         flushes to disk overlap. Each instance is acknowledged only once it is stored
         and catalogued, as with ``ingest_bytes``."""
+        from ilm.dicom.parse import read_instance
+
         results: list[IngestResult | None] = [None] * len(items)
         parsed: list[tuple[int, InstanceFacts, bytes, str]] = []
         for i, (data, source) in enumerate(items):
@@ -321,6 +328,8 @@ class ArchiveService:
     def ingest_dataset(self, file_meta: FileMeta | Dataset, dataset: bytes, source: str, *,
                        batch: ImportBatch | None = None) -> IngestResult:
         """Store one dataset as a C-STORE delivers it: its file meta and encoded bytes."""
+        from ilm.dicom.parse import part10_bytes
+
         try:
             data = part10_bytes(file_meta, dataset)
         except Exception as exc:  # a file meta we cannot encode is the sender's fault
@@ -535,6 +544,8 @@ class ArchiveService:
     def _same_dataset(self, f: InstanceFacts, blob: bytes) -> bool:
         """The same dataset under another file meta header (C-STORE rebuilds the
         header, STOW-RS and import keep the sender's) is a duplicate, not a conflict."""
+        from ilm.dicom.parse import dataset_bytes
+
         with self.catalog.read() as conn:
             copies = instance_locations(conn, f.sop_instance_uid)
         for tier_name, key in copies:
@@ -697,6 +708,8 @@ class ArchiveService:
         match the catalog). Once written, each study counts as accessed by ``who`` (``by`` when empty;
         ``address``: where it went, see ``note_access``) over interface "export" (last access, access
         log, the ATNA Export message) and gets an entry ``study.export`` in the audit trail by ``by``."""
+        from ilm import study_export
+
         uids = list(dict.fromkeys(validate_uid(u, "Study Instance UID") for u in study_uids))
         if not uids:
             raise IlmError("no study to export: give one or more Study Instance UIDs")

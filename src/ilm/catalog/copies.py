@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, false, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.schema import instances, locations, moves, studies
 from ilm.models import CopyState
@@ -107,7 +106,7 @@ def verified_copy_count(conn: Connection, instance_pk: int, excluding_tier: str 
 
 def drop_location(conn: Connection, instance_pk: int, tier: str) -> bool:
     """Remove a copy's row, but never the last verified copy of an instance."""
-    other = aliased(locations)
+    other = locations.alias()
     res = conn.execute(
         delete(locations).where(
             locations.c.instance_pk == instance_pk,
@@ -131,7 +130,7 @@ def refresh_study_tiers(conn: Connection, instance_pks: list[int]) -> None:
 
 
 def _drop_stmt() -> Any:
-    other = aliased(locations)
+    other = locations.alias()
     return delete(locations).where(
         locations.c.instance_pk == bindparam("ipk"),
         locations.c.tier == bindparam("src"),

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -53,8 +52,45 @@ def create_catalog_engine(url: str) -> Engine:
     return engine
 
 
+def _head() -> str | None:
+    """The newest revision, from the ``revision`` / ``down_revision`` lines of the migration files
+    (None when they do not name exactly one)."""
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for f in (MIGRATIONS / "versions").glob("[0-9]*.py"):
+        src = f.read_text(encoding="utf-8")
+        rev = re.search(r"^revision\b[^=]*=\s*['\"]([^'\"]+)['\"]", src, re.M)
+        down = re.search(r"^down_revision\b[^=]*=(.*)$", src, re.M)
+        if rev is None or down is None:
+            return None
+        revisions.add(rev.group(1))
+        downs.update(re.findall(r"['\"]([^'\"]+)['\"]", down.group(1)))
+    heads = revisions - downs
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the catalog already records the newest revision (then Alembic has nothing to do and is
+    not even imported: opening the catalog is most of what a short command such as ilm plan costs)."""
+    head = _head()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            found = {r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))}
+            conn.rollback()
+    except SQLAlchemyError:  # a new catalog (no table yet): Alembic creates it
+        return False
+    return found == {head}
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` with Alembic."""
+    if revision == "head" and _at_head(engine):
+        return
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
     try:

@@ -18,7 +18,6 @@ from sqlalchemy import and_, bindparam, false, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.copies import InstanceCopy, refresh_study_tiers
 from ilm.catalog.schema import instances, locations, studies
@@ -225,7 +224,7 @@ def missing_replicas(conn: Connection, wanted: Mapping[str, Sequence[str]], *, s
     """Verified whole-object copies on a tier of ``wanted`` (tier -> its replica tiers)
     with no copy at all on one of its replica tiers."""
     out: list[ReplicaTodo] = []
-    other = aliased(locations)
+    other = locations.alias()
     for tier, replicas in wanted.items():
         for replica in replicas:
             q = (

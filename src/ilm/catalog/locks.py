@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, exists, func, literal, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.copies import refresh_study_tiers
 from ilm.catalog.schema import holds, instances, locations, moves, patients, studies
@@ -92,7 +91,7 @@ class ReleasedCopy:
 
 def released_copies(conn: Connection, now: datetime, limit: int = 10_000) -> list[ReleasedCopy]:
     """RETAINED copies whose lock has ended and whose instance has a verified copy elsewhere."""
-    other = aliased(locations)
+    other = locations.alias()
     rows = conn.execute(
         select(locations.c.instance_pk, locations.c.tier, locations.c.object_key)
         .where(locations.c.state == CopyState.RETAINED.value,

@@ -29,7 +29,6 @@ from datetime import datetime
 
 from sqlalchemy import and_, exists, false, func, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.copies import drop_location, refresh_study_tiers
 from ilm.catalog.schema import instances, locations, moves, series, studies
@@ -208,7 +207,7 @@ def mark_drops(conn: Connection, items: list[tuple[PackCopy, str]], plan_id: str
     another verified copy of its instance, and mark them 'deleting'. A copy with
     no verified copy on another tier is left alone (not journaled). Returns the
     journal ids of the copies marked."""
-    other = aliased(locations)
+    other = locations.alias()
     ids = []
     for c, elsewhere in items:
         res = conn.execute(

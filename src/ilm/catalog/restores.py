@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 
 from sqlalchemy import and_, delete, exists, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.copies import refresh_study_tiers
 from ilm.catalog.schema import instances, locations, moves, restores, series, studies
@@ -341,7 +340,7 @@ def retire_copies(conn: Connection, copies: list[ExpiringCopy]) -> tuple[list[Ex
     another verified copy of the instance exists; a copy that became the last
     verified one (its archive copy was moved or dropped meanwhile) is kept for
     good: its expiry is cleared. Returns (to delete, kept)."""
-    other = aliased(locations)
+    other = locations.alias()
     to_delete: list[ExpiringCopy] = []
     kept: list[ExpiringCopy] = []
     for c in copies:

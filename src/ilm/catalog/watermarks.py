@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 from sqlalchemy import and_, exists, func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import aliased
 
 from ilm.catalog.schema import instances, locations, studies
 from ilm.models import CopyState
@@ -76,7 +75,7 @@ def study_on_tier(conn: Connection, study_uid: str, tier: str) -> tuple[int, int
 
 def copies_only_here(conn: Connection, study_uid: str, tier: str) -> int:
     """How many of the study's verified copies on ``tier`` have no verified copy on another tier."""
-    other = aliased(locations)
+    other = locations.alias()
     return int(conn.execute(
         select(func.count())
         .select_from(locations)

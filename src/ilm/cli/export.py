@@ -11,7 +11,6 @@ import typer
 
 from ilm.cli.app import HomeOption, app, console, fail, open_service, print_json
 from ilm.errors import IlmError, InvalidUID, NotFound
-from ilm.study_export import ExportRefused
 
 
 def _login() -> str:
@@ -43,6 +42,8 @@ def export(
     unknown study, a folder that cannot take the export), 1 when the archive
     cannot deliver now (not restored, a tier failing).
     """
+    from ilm.study_export import ExportRefused  # pydicom: imported by the commands that export only
+
     who = by or _login()
     with open_service(home) as service:
         try:

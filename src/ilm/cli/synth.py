@@ -6,7 +6,7 @@ import json
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.progress import (
@@ -34,9 +34,11 @@ from ilm.config import CONFIG_NAME, default_home, write_default_config
 from ilm.errors import ConfigError, IlmError
 from ilm.models import IngestResult, IngestStatus
 from ilm.service import ArchiveService, iter_files
-from ilm.synth.files import FilesReport, write_archive, write_files
 from ilm.synth.plan import StudySpec, SynthConfig, generate, totals
 from ilm.synth.rows import apply_access_history, load_catalog, replay_accesses
+
+if TYPE_CHECKING:  # ilm.synth.files (pydicom, numpy) is imported by the commands that write files
+    from ilm.synth.files import FilesReport
 
 DEMO_STUDIES = 300
 
@@ -130,6 +132,8 @@ def synth(
             console.print(f"  no instance or location rows (use --with-instances for those); studies are recorded as held on tier {tier!r}")
         return
     assert out_dir is not None
+    from ilm.synth.files import write_files
+
     by_modality: dict[str, int] = {}
     with _progress("writing", json_out) as bar:
         task = bar.add_task("files", total=cfg.studies)
@@ -200,6 +204,7 @@ def demo(
     cfg = _config(reference=_reference(as_of), studies=studies, seed=seed, scale=scale)
     folder = home / "synth" / f"seed{cfg.seed}-studies{cfg.studies}-scale{cfg.scale:g}-{cfg.reference.isoformat()}"
     marker = folder.with_name(folder.name + ".json")
+    from ilm.synth.files import write_archive
 
     with _progress("generating") as bar:
         task = bar.add_task("generate", total=cfg.studies)
