@@ -10,9 +10,10 @@ missing DICOM attribute and says why, so a kept study can be explained.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from functools import cached_property
+from typing import Any, Generic, TypeVar, overload
 
 from ilm.policy.ages import AgeError, parse_age
 from ilm.policy.facts import PatientFacts, StudyFacts, is_mammography
@@ -44,6 +45,38 @@ def _date_problem(name: str, raw: str) -> Unknown:
     return Unknown((name,), f"{name} is missing")
 
 
+_T = TypeVar("_T")
+
+
+class _derived(Generic[_T]):
+    """functools.cached_property without its lock: computed on first read, then a plain attribute.
+
+    Python 3.11's takes a lock shared by every instance at each first read,
+    a tenth of the time of the studies a plan evaluates in Python; a
+    StudyContext is made and read in one thread.
+    """
+
+    def __init__(self, fn: Callable[[Any], _T]) -> None:
+        self.fn = fn
+        self.name = fn.__name__
+        self.__doc__ = fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> "_derived[_T]": ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> "_T | _derived[_T]":
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
+
+
 class StudyContext:
     """One study, its patient and the evaluation date, with derived facts cached."""
 
@@ -52,13 +85,13 @@ class StudyContext:
         self.patient = patient
         self.as_of = as_of
 
-    @cached_property
+    @_derived
     def study_date(self) -> date | Unknown:
         if self.study.study_date is not None:
             return self.study.study_date
         return _date_problem("StudyDate", self.study.study_date_raw)
 
-    @cached_property
+    @_derived
     def birth_range(self) -> tuple[date, date, str] | Unknown:
         """Earliest and latest possible birth date, and where they come from."""
         s = self.study
@@ -82,7 +115,7 @@ class StudyContext:
         lo, hi = age.birth_bounds(study_day)
         return lo, hi, f"PatientAge {age} at the study (born {lo.isoformat()}..{hi.isoformat()})"
 
-    @cached_property
+    @_derived
     def last_encounter(self) -> date | Unknown:
         """The patient's newest StudyDate, this study included."""
         own = self.study_date
@@ -101,28 +134,28 @@ class StudyContext:
             return own
         return p.newest_study_date
 
-    @cached_property
+    @_derived
     def received(self) -> date | None:
         r = self.study.received_at
         return day_of(r) if r is not None else None
 
-    @cached_property
+    @_derived
     def last_access(self) -> date | None:
         """When the study was last read, or received if it was never read."""
         a = self.study.last_accessed_at
         return day_of(a) if a is not None else self.received
 
-    @cached_property
+    @_derived
     def last_activity(self) -> date | None:
         """The later of last read and received."""
         days = [d for d in (self.received, self.last_access) if d is not None]
         return max(days) if days else None
 
-    @cached_property
+    @_derived
     def mammography(self) -> bool:
         return is_mammography(self.study)
 
-    @cached_property
+    @_derived
     def later_mammogram(self) -> date | None:
         """The first mammogram of the patient after this study, if any is known."""
         own = self.study_date
