@@ -50,11 +50,16 @@ def test_accepted_associations_are_prompt_and_release_cleanly(scp: DicomServer) 
     (accepted,) = scp.ae.active_associations
     assert isinstance(accepted, prompt._PromptAssociation)
     assert accepted.dul._run_loop_delay == prompt.DUL_IDLE_SECONDS
+    assert isinstance(accepted.dul, prompt._PromptDUL)  # waits on its socket and on a wake-up for answers
+    wake = accepted.dul._wake
+    assert wake is not None
     for _ in range(3):
         assert assoc.send_c_echo().Status == 0x0000  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
     wait_for(lambda: not scp.ae.active_associations, "the server side of a released association to end")
     assert accepted.is_released
+    wait_for(lambda: accepted.dul._wake is None, "the DUL loop to end")
+    assert all(end.fileno() == -1 for end in wake)  # the wake-up pair is closed with the loop
 
 
 def test_accepted_connections_acknowledge_and_answer_without_delay(scp: DicomServer) -> None:

@@ -11,7 +11,12 @@ loop's, and so does the next instance's first PDU.
 ``prompt_association`` (bound to EVT_CONN_OPEN, before the association's
 threads start) makes the association loop wait ON its message queue (it wakes
 the moment a message is queued, and still looks at release, abort and timeouts
-every millisecond) and shortens the DUL's idle sleep to ``DUL_IDLE_SECONDS``.
+every millisecond) and makes the DUL loop wait on its socket and on a wake-up
+signal the association thread gives when it queues something to send (an
+answer): it wakes the moment either comes, instead of polling every
+``DUL_IDLE_SECONDS`` (5,000 wake-ups a second per association, each taking the
+GIL from the thread storing the instance). Release, abort and timers are still
+looked at every ``_LOOK_SECONDS``.
 
 It also makes the connection acknowledge what it receives at once (Linux
 TCP_QUICKACK, re-armed after every read, as the kernel drops back to delayed
@@ -31,11 +36,16 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import socket
-from typing import TYPE_CHECKING, cast
+import ssl
+import time
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AssociationSocket
 
 if TYPE_CHECKING:
@@ -45,8 +55,8 @@ __all__ = ["prompt_association", "ended", "DUL_IDLE_SECONDS"]
 
 log = logging.getLogger(__name__)
 
-# The DUL loop's sleep when a pass found nothing (pynetdicom: 1 ms). Shorter answers sooner
-# and costs a little CPU while an association is open and idle.
+# The DUL loop's sleep when a pass found nothing and it cannot wait on its socket (pynetdicom: 1 ms):
+# TLS data already decrypted and buffered, or no socket.
 DUL_IDLE_SECONDS = 0.0002
 _LOOK_SECONDS = 0.001  # release, abort and timeouts are still checked this often
 
@@ -67,6 +77,96 @@ class _PromptAssociation(Association):
                 self._serve_request(msg, cast(int, context_id))
             if ended(self):
                 return
+
+
+class _PromptDUL(DULServiceProvider):
+    """pynetdicom's DUL whose idle wait is a select() on its socket and its wake-up pair."""
+
+    _wake: tuple[socket.socket, socket.socket] | None = None
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        wake = self._wake
+        if wake is not None:
+            try:
+                wake[1].send(b"\0")
+            except OSError:  # full (a wake-up is pending anyway) or closed (the loop ended)
+                pass
+
+    def _idle(self) -> None:
+        """Wait for data from the peer, something to send, or ``_LOOK_SECONDS``."""
+        wrapper, wake = self.socket, self._wake
+        sock = wrapper.socket if wrapper is not None else None
+        if sock is None or wake is None or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            time.sleep(self._run_loop_delay)
+            return
+        if not self.to_provider_queue.empty():
+            return
+        try:
+            ready, _, _ = select.select([sock, wake[0]], [], [], _LOOK_SECONDS)
+        except (OSError, ValueError):  # the socket closed under us: the next pass sees it
+            time.sleep(self._run_loop_delay)
+            return
+        if wake[0] in ready:
+            try:
+                while wake[0].recv(4096):
+                    pass
+            except OSError:  # drained (would block)
+                pass
+
+    def run(self) -> None:
+        """The thread's body: this class's loop (the thread's target was bound to pynetdicom's
+        when the DUL was made, before it became a _PromptDUL). ilm leaves pynetdicom's
+        PASS_CONTEXTVARS off, so the target had no context to carry."""
+        self.run_reactor()
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0's ``DULServiceProvider.run_reactor`` with ``_idle()`` for its sleep."""
+        try:
+            self._run()
+        finally:
+            wake, self._wake = self._wake, None
+            for end in wake or ():
+                end.close()
+
+    def _run(self) -> None:
+        self._idle_timer.start()
+        self.socket = cast("AssociationSocket", self.socket)
+        idle = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                idle = True
+            if idle:
+                self._idle()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:  # its event goes ahead of any other of this pass
+                self.event_queue.put("Evt18")
+            try:  # either send one primitive or receive one PDU per pass
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                log.error("Exception in DUL.run(), aborting association")
+                log.exception(exc)
+                abort_pdu = A_ABORT_RQ()  # past the state machine: it cannot be trusted now
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                idle = True
+                continue
+            self.state_machine.do_action(event)
+            idle = False
 
 
 def ended(assoc: Association) -> bool:
@@ -141,8 +241,15 @@ def prompt_association(event: "Event") -> None:
     assoc = event.assoc
     if type(assoc) is Association and assoc.is_acceptor:
         assoc.__class__ = _PromptAssociation
-        assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
-        sock = assoc.dul.socket
+        dul = assoc.dul
+        dul._run_loop_delay = DUL_IDLE_SECONDS
+        if type(dul) is DULServiceProvider:
+            dul.__class__ = _PromptDUL
+            wake = socket.socketpair()
+            for end in wake:
+                end.setblocking(False)
+            cast(_PromptDUL, dul)._wake = wake
+        sock = dul.socket
         if type(sock) is AssociationSocket and sock.socket is not None:
             sock.__class__ = _PromptSocket
             try:
