@@ -122,6 +122,20 @@ def test_put_never_overwrites(backend: Backend) -> None:
     assert len(backend.raw()) == 1
 
 
+def test_put_after_the_last_object_of_a_folder_was_deleted(backend: Backend) -> None:
+    """A file-system tier removes emptied series and study folders and makes a folder only when a
+    put finds it missing (not checked on every put): a put into a removed or new folder works."""
+    t = backend.tier
+    first, second, deep = b"first", b"second", b"deep"
+    t.put("1.2.1/1.2.1.1/1.2.1.1.1.dcm", first, sha(first))
+    t.delete("1.2.1/1.2.1.1/1.2.1.1.1.dcm")
+    t.put("1.2.1/1.2.1.1/1.2.1.1.2.dcm", second, sha(second))
+    t.put("1.2.2/1.2.2.9/1.2.2.9.1.dcm", deep, sha(deep))
+    assert t.get("1.2.1/1.2.1.1/1.2.1.1.2.dcm") == second and t.get("1.2.2/1.2.2.9/1.2.2.9.1.dcm") == deep
+    assert not t.exists("1.2.1/1.2.1.1/1.2.1.1.1.dcm")
+    assert len(backend.raw()) == 2
+
+
 def test_concurrent_puts_of_one_key_store_exactly_one(backend: Backend) -> None:
     t = backend.tier
     won: list[bytes] = []

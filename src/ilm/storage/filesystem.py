@@ -192,8 +192,11 @@ class FilesystemTier:
         overwriting: ObjectExists) or, with ``replace``, rename it over ``path``."""
         tmp = path.parent / f"{_TMP}{uuid.uuid4().hex}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:  # a new study or series: its folder is made then, not checked on every put
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 fill(fd)
                 if self.worm != "off":  # locked before it gets its name: never visible writable
