@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -689,3 +690,49 @@ def test_files_whose_meta_names_other_uids_are_sent_under_their_own(scp: DicomSe
     assert sorted(got) == sorted(blobs)
     for uid, blob in got.items():
         assert pydicom.dcmread(DicomBytesIO(blob)) == pydicom.dcmread(DicomBytesIO(blobs[uid])), uid
+
+
+# -- how the instances go out: framed from memory, or from their files; fewer pendings ---------
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["framed-from-memory", "from-file"])
+def test_move_sends_each_instance_as_stored_either_way(in_memory: bool, scp: DicomServer, storescp: StoreSCP,
+                                                       study: StoredStudy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance up to ``IN_MEMORY_BYTES`` goes out framed by ilm.dicom.store_wire, a larger one
+    from its file through pynetdicom: dcmtk's storescp receives each as stored either way."""
+    import ilm.dicom.retrieve as retrieve
+    from ilm.dicom import sending
+
+    used: list[str] = []
+    for name in ("StoredBytes", "StoredFile"):
+        cls = getattr(sending, name)
+        plain = cls.send
+
+        def spy(self: Any, *args: Any, _plain: Any = plain, _name: str = name, **kwargs: Any) -> Any:
+            used.append(_name)
+            return _plain(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "send", spy)
+    monkeypatch.setattr(retrieve, "IN_MEMORY_BYTES", 32 * 1024 * 1024 if in_memory else 0)
+    r = movescu(scp, "-S", _keys("STUDY", study))
+    assert r.returncode == 0, r.stderr
+    assert_as_stored(storescp.received(), study, study.sop_uids)
+    assert set(used) == {"StoredBytes" if in_memory else "StoredFile"}
+
+
+@pytest.mark.parametrize("interval,pendings", [(0.0, 6), (1e9, 1)], ids=["every-one", "first-only"])
+def test_move_sends_pending_responses_at_most_each_interval(interval: float, pendings: int, scp: DicomServer,
+                                                            storescp: StoreSCP, study: StoredStudy,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pending C-MOVE responses are optional (PS3.4 C.4.2.3.1): ilm sends the first and then at
+    most one per PENDING_INTERVAL_SECONDS; the final response still counts every sub-operation."""
+    import ilm.dicom.retrieve as retrieve
+
+    monkeypatch.setattr(retrieve, "PENDING_INTERVAL_SECONDS", interval)
+    responses = _move_responses(scp, study.study_uid)
+    statuses = [status.Status for status, _ in responses]
+    assert statuses.count(0xFF00) == pendings
+    assert statuses[-1] == 0x0000
+    final = responses[-1][0]
+    assert final.NumberOfCompletedSuboperations == 6 and final.NumberOfFailedSuboperations == 0
+    assert_as_stored(storescp.received(), study, study.sop_uids)

@@ -46,14 +46,15 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import read_dataset, read_file_meta_info, read_preamble
 from pydicom.dataset import Dataset
 from pynetdicom import _config
 from pynetdicom.association import Association
@@ -62,11 +63,12 @@ from ilm.errors import StorageError
 from ilm.storage.filesystem import CheckedFile
 
 from ilm.dicom.prompt import DUL_IDLE_SECONDS, ended
+from ilm.dicom.store_wire import Framed, frame_dataset, send_framed
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
 
-__all__ = ["StoredFile", "Unsendable", "send_files_over", "sends_files", "stored_dataset", "sending_association"]
+__all__ = ["StoredBytes", "StoredFile", "Unsendable", "send_files_over", "sends_files", "stored_dataset", "sending_association"]
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,59 @@ class StoredFile(Dataset):
                     and meta.get("MediaStorageSOPClassUID") == self.SOPClassUID)
 
 
+class StoredBytes(Dataset):
+    """One instance to send from its checked Part 10 bytes (only its SOP UIDs as elements).
+
+    Its data set is framed for the association ahead of time (``frame_for``, on a
+    read-ahead thread) and sent through ``ilm.dicom.store_wire``; when the
+    association has no context accepting the stored transfer syntax, it goes to
+    pynetdicom as a dataset, which converts it."""
+
+    def __init__(self, sop_class_uid: str, sop_uid: str, part10: bytes) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_uid
+        self._ilm_part10 = part10
+        self._ilm_framed: tuple[int, Framed | None] | None = None
+
+    def as_dataset(self) -> Dataset:
+        return stored_dataset(self._ilm_part10)
+
+    def frame_for(self, assoc: "Association") -> Framed | None:
+        """The data set framed for ``assoc``; None when it cannot be sent as stored."""
+        cached = self._ilm_framed
+        if cached is not None and cached[0] == id(assoc):
+            return cached[1]
+        framed = None
+        try:
+            fp = BytesIO(self._ilm_part10)
+            read_preamble(fp, False)
+            meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True,
+                                stop_when=lambda tag, vr, length: tag.group != 2)
+            syntax = meta.get("TransferSyntaxUID")
+            if syntax:
+                context = assoc._get_valid_context(str(self.SOPClassUID), syntax, "scu", allow_conversion=False)
+                framed = frame_dataset(memoryview(self._ilm_part10)[fp.tell():], cast(int, context.context_id),
+                                       int(assoc.dimse.maximum_pdu_size))
+        except ValueError:  # no presentation context accepted in the stored transfer syntax
+            log.debug("%s: no presentation context accepted in its stored transfer syntax: sent converted",
+                      self.SOPInstanceUID)
+        except InvalidDicomError as exc:
+            log.debug("%s: no file meta to send it as stored (%s): sent as a dataset", self.SOPInstanceUID, exc)
+        self._ilm_framed = (id(assoc), framed)
+        return framed
+
+    def send(self, assoc: "Association", plain: Callable[..., Dataset], msg_id: int = 1, priority: int = 2,
+             originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+        framed = self.frame_for(assoc)
+        if framed is None:
+            return plain(self.as_dataset(), msg_id=msg_id, priority=priority, originator_aet=originator_aet,
+                         originator_id=originator_id)
+        # Written by this thread only on a C-MOVE sub-association, which carries nothing else.
+        return send_framed(assoc, framed, str(self.SOPClassUID), str(self.SOPInstanceUID), msg_id, priority,
+                           originator_aet, originator_id, direct=isinstance(assoc, _SendingAssociation))
+
+
 class Unsendable(Dataset):
     """One instance that could not be read: sending it fails, naming why."""
 
@@ -159,6 +214,8 @@ def send_files_over(assoc: "Association") -> None:
             # The peer aborted (or the connection closed) during the previous C-STORE: fail
             # at once rather than send into it and wait out the DIMSE timeout.
             raise StorageError(f"{dataset.SOPInstanceUID} not sent: the association to the destination has ended")
+        if isinstance(dataset, StoredBytes):
+            return dataset.send(assoc, plain, *args, **kwargs)
         if isinstance(dataset, StoredFile):
             return dataset.send(plain, *args, **kwargs)
         if isinstance(dataset, Unsendable):
@@ -194,10 +251,16 @@ class _SendingAssociation(Association):
 
 def sending_association(event: "Event") -> None:
     """EVT_ESTABLISHED of a C-MOVE sub-association (its loop not started yet): make it send
-    files (``send_files_over``), start each C-STORE at once (``_SendingAssociation``) and
-    pick up each answer within ``DUL_IDLE_SECONDS`` instead of pynetdicom's 1 ms."""
+    files (``send_files_over``), start each C-STORE at once (``_SendingAssociation``), pick
+    up each answer within ``DUL_IDLE_SECONDS`` instead of pynetdicom's 1 ms, and send
+    without Nagle's delay (TCP_NODELAY)."""
     assoc = event.assoc
     if type(assoc) is Association and assoc.is_requestor:
         assoc.__class__ = _SendingAssociation
         assoc.dul._run_loop_delay = DUL_IDLE_SECONDS
+        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Each request goes out whole at once, its last partial segment not held back
+            # until the previous ones are acknowledged (Nagle): dcmtk senders do the same.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     send_files_over(assoc)
