@@ -828,24 +828,47 @@ class SqlPlan:
     def _rows(self) -> Any:
         return plan_rule_actions.c.plan_id == self.plan_id
 
-    def decide(self) -> None:
-        """Compute every active study's code (NotCompilable: SQLite refuses the statement; nothing was done)."""
-        conn = self.conn
-        try:
-            conn.execute(_decide_statement(self.compiled, self.plan_id))
-        except OperationalError as exc:
-            # SQLite refuses the statement while preparing it: nothing was read or written.
-            if conn.dialect.name == "sqlite" and _refused(exc):
-                raise NotCompilable(f"the database refuses the policy's statement: {exc.orig}") from None
-            raise
-        r = plan_rule_actions.c
-        held = self._held_ids()
-        for i in range(0, len(held), _FETCH):
-            conn.execute(update(plan_rule_actions).where(self._rows(), r.study_pk.in_(held[i:i + _FETCH]))
-                         .values(code=-1))
-        self._locked_expiries()
+    def decide(self, parts: int = 1, decided: Callable[[int | None, int | None], None] | None = None) -> None:
+        """Compute every active study's code (NotCompilable: SQLite refuses the statement; nothing was done).
 
-    def _locked_expiries(self) -> None:
+        With ``parts`` > 1 the studies are decided in that many ranges of ids,
+        one statement each, and ``decided(lo, hi)`` is called after each range
+        (ids ``lo < id <= hi``; ``None, None``: all of them) is complete: the
+        caller may read and evaluate its studies left to the pure code
+        (:meth:`pure_chunks`) in another thread while the database decides the
+        next range. The codes are the same however the ids are cut.
+        """
+        conn = self.conn
+        self.pure_evaluated = 0
+        held = self._held_ids()
+        bounds: list[int | None] = [None, None]
+        if parts > 1:
+            lo, hi = conn.execute(select(func.min(studies.c.id), func.max(studies.c.id))).one()
+            if lo is not None and hi - lo >= parts:  # every range bounded on both sides: one statement to compile
+                step = (hi - lo + 1) // parts
+                bounds = [lo - 1] + [lo - 1 + step * k for k in range(1, parts)] + [hi]
+        for lo, hi in zip(bounds, bounds[1:]):
+            try:
+                conn.execute(_decide_statement(self.compiled, self.plan_id, lo, hi))
+            except OperationalError as exc:
+                # SQLite refuses the statement while preparing it: nothing was read or written.
+                if conn.dialect.name == "sqlite" and _refused(exc):
+                    raise NotCompilable(f"the database refuses the policy's statement: {exc.orig}") from None
+                raise
+            self._ask_pure(held, lo, hi)
+            if decided is not None:
+                decided(lo, hi)
+
+    def _ask_pure(self, held: list[int], lo: int | None, hi: int | None) -> None:
+        """Held studies, and expiries of studies with a locked copy, of the range: code -1."""
+        r = plan_rule_actions.c
+        held = [i for i in held if (lo is None or i > lo) and (hi is None or i <= hi)]
+        for i in range(0, len(held), _FETCH):
+            self.conn.execute(update(plan_rule_actions).where(self._rows(), r.study_pk.in_(held[i:i + _FETCH]))
+                              .values(code=-1))
+        self._locked_expiries(lo, hi)
+
+    def _locked_expiries(self, lo: int | None = None, hi: int | None = None) -> None:
         """An expiry of a study with a WORM copy locked on or after the plan's date: the pure code
         decides (the worm_lock protection names the date)."""
         rules = self.compiled.policy.rules
@@ -856,7 +879,8 @@ class SqlPlan:
         locked = (select(instances.c.study_pk).join(locations, locations.c.instance_pk == instances.c.id)
                   .where(locations.c.retain_until >= start))
         r = plan_rule_actions.c
-        self.conn.execute(update(plan_rule_actions).where(self._rows(), r.code.in_(expiring), r.study_pk.in_(locked))
+        self.conn.execute(update(plan_rule_actions).where(self._rows(), r.code.in_(expiring), r.study_pk.in_(locked),
+                                                          *_id_range(r.study_pk, lo, hi))
                           .values(code=-1))
 
     def _held_ids(self) -> list[int]:
@@ -951,16 +975,17 @@ class SqlPlan:
         for chunk in self.pure_chunks():
             yield from evaluate_chunk(self.compiled.policy, chunk, self.compiled.as_of)
 
-    def pure_chunks(self, size: int = _PURE_CHUNK) -> Iterator[PureChunk]:
-        """The rows of the studies the SQL left and of their patients' studies, in study id order,
-        ``size`` studies at a time, each chunk read when the iterator is advanced (one statement, and
-        one per 5,000 patients)."""
+    def pure_chunks(self, size: int = _PURE_CHUNK, lo: int | None = None, hi: int | None = None) -> Iterator[PureChunk]:
+        """The rows of the studies the SQL left (of ids ``lo < id <= hi`` if given) and of their patients'
+        studies, in study id order, ``size`` studies at a time, each chunk read when the iterator is
+        advanced (one statement, and one per 5,000 patients)."""
         r, s = plan_rule_actions.c, studies.c
         src = plan_rule_actions.join(studies, s.id == r.study_pk).join(patients, patients.c.id == s.patient_pk)
-        self.pure_evaluated, last = 0, 0
+        last = lo or 0
         while True:
             rows = list(self.conn.execute(
-                select(*_FACT_COLUMNS).select_from(src).where(self._rows(), r.code < 0, r.study_pk > last)
+                select(*_FACT_COLUMNS).select_from(src)
+                .where(self._rows(), r.code < 0, r.study_pk > last, *_id_range(r.study_pk, None, hi))
                 .order_by(r.study_pk).limit(size)))
             if not rows:
                 return
@@ -1040,8 +1065,13 @@ def _refused(exc: OperationalError) -> bool:
     return any(m in str(exc) for m in ("parser stack overflow", "too large", "too many"))
 
 
-def _decide_statement(compiled: CompiledPolicy, plan_id: str) -> Any:
-    """INSERT a row of plan_rule_actions for every active study whose code is not 0.
+def _id_range(col: Any, lo: int | None, hi: int | None) -> list[Any]:
+    """``lo < col <= hi``, each bound only when given."""
+    return ([col > lo] if lo is not None else []) + ([col <= hi] if hi is not None else [])
+
+
+def _decide_statement(compiled: CompiledPolicy, plan_id: str, lo: int | None = None, hi: int | None = None) -> Any:
+    """INSERT a row of plan_rule_actions for every active study whose code is not 0 (of ids ``lo < id <= hi``).
 
     The code is computed once per study, in a subquery the database may not
     merge into the outer query (OFFSET 0): written in both the select list
@@ -1051,7 +1081,7 @@ def _decide_statement(compiled: CompiledPolicy, plan_id: str) -> Any:
     s = studies.c
     inner = (select(s.id.label("id"), compiled.code.label("code"), s.instance_count, s.size_bytes,
                     s.last_accessed_at, s.tiers).select_from(compiled.source)
-             .where(s.state == "active").offset(0).subquery("coded"))
+             .where(s.state == "active", *_id_range(s.id, lo, hi)).offset(0).subquery("coded"))
     c = inner.c
     return plan_rule_actions.insert().from_select(
         ["plan_id", "study_pk", "code", "instance_count", "size_bytes", "last_accessed_at", "tiers"],

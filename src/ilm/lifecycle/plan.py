@@ -27,11 +27,10 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
-from itertools import chain
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import PlanRow, fingerprint_text, insert_plan, study_tier_bytes
 from ilm.catalog.policy_sql import (
-    NotCompilable, action_lines, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
+    NotCompilable, SqlPlan, action_lines, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
     evaluate_chunk, finish_plan, insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql, same_snapshot,
 )
 from ilm.config import Settings
@@ -287,6 +286,41 @@ def _audit(conn: Any, plan: PlanRow, source: PolicySource, created_by: str) -> N
                          "plan_sha256": plan.plan_sha256, "actions": plan.summary["actions"]})
 
 
+# SQLite decides the studies in this many ranges of ids, so that the studies of one range left to the pure
+# code are evaluated (in a second thread) while the database decides the next; at most this many studies are
+# evaluated ahead so (held in memory at once), the others after the decision, a chunk at a time.
+_DECIDE_PARTS = 4
+_AHEAD = 60_000
+
+
+class _EvaluatedAhead:
+    """The pure evaluation of the studies the SQL left, range by range as :meth:`SqlPlan.decide` completes them."""
+
+    def __init__(self, sql: SqlPlan, pool: ThreadPoolExecutor, policy: Policy, as_of: date) -> None:
+        self._sql, self._pool, self._policy, self._as_of = sql, pool, policy, as_of
+        self._futures: list[Future[list[tuple[Decision, StudyFacts]]]] = []
+        self._count = 0
+        self._started = False
+        self._upto: int | None = None  # every study up to this id is evaluated ahead (None: all, once started)
+
+    def decided(self, lo: int | None, hi: int | None) -> None:
+        if self._count >= _AHEAD:
+            return
+        for chunk in self._sql.pure_chunks(lo=lo, hi=hi):
+            self._futures.append(self._pool.submit(evaluate_chunk, self._policy, chunk, self._as_of))
+            self._count += len(chunk.rows)
+        self._started, self._upto = True, hi
+
+    def stream(self) -> Iterator[tuple[Decision, StudyFacts]]:
+        """Every decision, in study id order."""
+        for f in self._futures:
+            yield from f.result()
+        if self._started and self._upto is None:
+            return
+        for c in self._sql.pure_chunks(lo=self._upto if self._started else None):
+            yield from evaluate_chunk(self._policy, c, self._as_of)
+
+
 def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_of: date, created_by: str,
                  progress: Callable[[int], None] | None, store: bool, now: datetime) -> PlanResult | None:
     """The database decides and writes what it can, in one transaction; None if the policy has no exact SQL form.
@@ -302,8 +336,10 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
     Two things run in a second thread while the database works: the
     catalog's aggregates (on a second connection that sees the same
     snapshot) while the studies are decided, and the pure evaluation of the
-    first studies the SQL left while the SQL's actions are summed (SQLite
-    and psycopg leave Python's lock while a statement runs).
+    studies the SQL left, range of ids by range while SQLite decides the
+    next range (:class:`_EvaluatedAhead`), the last while the SQL's actions
+    are summed (SQLite and psycopg leave Python's lock while a statement
+    runs).
     """
     plan_id = _new_id(now)
     with catalog.write() as conn, ThreadPoolExecutor(max_workers=1, thread_name_prefix="ilm-plan") as pool:
@@ -316,8 +352,10 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
         # exports none from a subtransaction).
         with same_snapshot(conn) as other, nullcontext() if store else discarded(conn):
             scan = None if other is None else pool.submit(catalog_state_and_tier_bytes, other, tiers)
+            written = not cooling_enabled(settings)
+            ahead = _EvaluatedAhead(sql, pool, source.policy, as_of)
             try:
-                sql.decide()
+                sql.decide(_DECIDE_PARTS if conn.dialect.name == "sqlite" else 1, ahead.decided if written else None)
             except NotCompilable:
                 return None
             finally:
@@ -329,18 +367,13 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 policy_path=source.path, policy_sha256=source.sha256, catalog_sha256=catalog_hash,
                 plan_sha256="", state="planned", approved_by=None, summary={},
             )
-            written = not cooling_enabled(settings)
             insert_plan(conn, plan, [], rule_codes=sql.rule_codes() if written else None)
             if written:
-                rest = sql.pure_chunks()
-                chunk = next(rest, None)
-                first = pool.submit(evaluate_chunk, source.policy, chunk, as_of) if chunk is not None else None
-                # A statement that leaves Python's lock for its whole run. (Not a fetch of many rows: the
-                # driver takes the lock back at every row, and waits for the thread each time.)
+                # A statement that leaves Python's lock for its whole run, while the thread evaluates the
+                # last range. (Not a fetch of many rows: the driver takes the lock back at every row, and
+                # waits for the thread each time.)
                 sums, moved = sql.totals()
-                stream: Iterator[tuple[Decision, StudyFacts]] = chain(
-                    first.result() if first is not None else (),
-                    (x for c in rest for x in evaluate_chunk(source.policy, c, as_of)))
+                stream: Iterator[tuple[Decision, StudyFacts]] = ahead.stream()
             else:
                 stream = with_cooling(sql.stream(), conn, settings, as_of)
                 sums, moved = {}, []
