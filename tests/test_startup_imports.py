@@ -25,7 +25,7 @@ from ilm.catalog.engine import MIGRATIONS, _head, create_catalog_engine, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_FOR_A_PLAN = ("pydicom", "numpy", "pynetdicom", "fastapi", "starlette", "uvicorn", "boto3", "botocore",
-                  "alembic", "sqlalchemy.orm", "PIL")
+                  "alembic", "sqlalchemy.orm", "sqlalchemy.dialects.postgresql", "PIL")
 
 _RUN = r"""
 import json, sys

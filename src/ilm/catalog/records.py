@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, CursorResult
 
@@ -261,8 +260,11 @@ def record_instances(
 
 
 def _insert_ignore_stmt(conn: Connection, table: Table, keys: list[str]) -> Any:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return insert(table).on_conflict_do_nothing(index_elements=keys)
+    if conn.dialect.name == "postgresql":  # imported on a PostgreSQL catalog only (a SQLite one never loads it)
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=keys)
+    return sqlite_insert(table).on_conflict_do_nothing(index_elements=keys)
 
 
 def record_conflict(
