@@ -164,8 +164,9 @@ def render(res: dict[str, Any]) -> str:
     out.append(table(["receiver", "instances/s", "range", "MB/s", "seconds", "receiver CPU ms per instance",
                       f"verified {n} stored"], rows))
     out.append("The receiver's CPU time per instance (user + system, all its threads, read from /proc around the "
-               "transfer) depends much less on the load of the machine than the rates do; pynetdicom's receivers "
-               "poll (sleeps of 1 ms in their reactor loops), which costs CPU while they wait.")
+               "transfer) depends much less on the load of the machine than the rates do; pynetdicom's storescp "
+               "polls (sleeps of 1 ms in its reactor loops), which costs CPU while it waits; ilm's associations "
+               "wait on their socket and queues instead (docs/dicom.md, Speed).")
     rat = []
     for a, b in (("ilm", "orthanc"), ("ilm", "storescp"), ("ilm-nofsync", "orthanc"), ("ilm-nofsync", "storescp"),
                  ("ilm-nofsync", "ilm"), ("orthanc", "storescp")):

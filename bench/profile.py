@@ -79,6 +79,7 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, Any]:
     running = waiting = 0
     per_thread: Counter[str] = Counter()
     thread_ilm: dict[str, Counter[str]] = {}
+    ilm_busy: Counter[str] = Counter()  # samples a thread was RUNNING ilm code (a background loop mostly sleeps in it)
     try:
         lines = open(path).read().splitlines()
     except OSError:
@@ -95,12 +96,15 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, Any]:
         if not raw:
             continue
         per_thread[thread] += c
+        is_waiting = _is_waiting(raw[-1])
         ilm_frames = {_key(f) for f in raw if "(ilm/" in f and "/cli/" not in f}
         if ilm_frames:
             bucket = thread_ilm.setdefault(thread, Counter())
             for f in ilm_frames:
                 bucket[f] += c
-        if _is_waiting(raw[-1]):
+            if not is_waiting:
+                ilm_busy[thread] += c
+        if is_waiting:
             waiting += c
             continue
         running += c
@@ -116,7 +120,7 @@ def summarize_profile(path: str, n: int = 15) -> dict[str, Any]:
         "lines": [(f, round(100 * c / running, 1), source_line(f)) for f, c in lines_own.most_common(n)],
     }
     if thread_ilm:
-        name = max(thread_ilm, key=lambda t: max(thread_ilm[t].values()))
+        name = max(thread_ilm, key=lambda t: ilm_busy[t])
         wall = per_thread[name]
         out["thread"] = {
             "name": name, "samples": wall, "threads_in_ilm": len(thread_ilm),
