@@ -126,3 +126,20 @@ def test_send_framed_over_a_real_association(tmp_path: Path, max_pdu: int, direc
         assert received == sent
     finally:
         server.shutdown()
+
+
+def test_pdus_sent_are_at_most_128_kib_even_to_a_peer_without_limit() -> None:
+    from ilm.dicom.store_wire import SEND_PDU_BYTES, send_pdu_length
+
+    assert SEND_PDU_BYTES == 131072
+    assert send_pdu_length(0) == 131072
+    assert send_pdu_length(16382) == 16382
+    assert send_pdu_length(10_000_000) == 131072
+    framed = frame_dataset(bytes(300_000), 1, send_pdu_length(0))
+    lengths = []
+    pos = 0
+    while pos < len(framed.pdus):
+        n = int.from_bytes(framed.pdus[pos + 2:pos + 6], "big")
+        lengths.append(n)
+        pos += 6 + n
+    assert lengths == [131072, 131072, 300_000 - 2 * 131066 + 6]
