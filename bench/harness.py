@@ -371,7 +371,8 @@ def ilm_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def make_ilm_home(home: Path, *, fsync: bool = True, catalog_url: str = "") -> Path:
-    """A fresh ILM_HOME from ``ilm init`` (the commented default), with the hot tier's fsync set."""
+    """A fresh ILM_HOME from ``ilm init`` (the commented default), with the hot tier's fsync set (and,
+    with fsync off, the SQLite catalog's commits not flushed either: sqlite_synchronous = "normal")."""
     r = subprocess.run([ilm_bin(), "init", "--home", str(home)], capture_output=True, text=True,
                        env=ilm_env(home), timeout=60)
     if r.returncode != 0:
@@ -391,11 +392,15 @@ def make_ilm_home(home: Path, *, fsync: bool = True, catalog_url: str = "") -> P
     text = text[: m.start(1)] + section + text[m.end(1):]
     if catalog_url:
         text = re.sub(r'^url\s*=\s*".*"', f'url = "{catalog_url}"', text, count=1, flags=re.M)
+    if not fsync:  # no flushes at all, like storescp: the SQLite catalog's commits are not flushed either
+        text = re.sub(r'^sqlite_synchronous\s*=\s*".*"', 'sqlite_synchronous = "normal"', text, count=1, flags=re.M)
     cfg.write_text(text)
     from ilm.config import load_settings  # the same validation ilm itself applies
 
     settings = load_settings(home=home, env={})
     hot = settings.tiers[settings.ingest_tier]
+    if settings.catalog.sqlite_synchronous != ("full" if fsync else "normal"):
+        raise BenchError(f"{cfg}: catalog.sqlite_synchronous is {settings.catalog.sqlite_synchronous!r}")
     if getattr(hot, "fsync", None) is not fsync:
         raise BenchError(f"{cfg}: ingest tier {settings.ingest_tier!r} fsync is {getattr(hot, 'fsync', None)}, wanted {fsync}")
     return home

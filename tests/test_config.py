@@ -40,8 +40,11 @@ def test_missing_config_names_file(tmp_path: Path) -> None:
         ("[catalog]\nurl=''\n", "tiers", "Field required"),
         ("[ingest]\ntier='cold'\n[tiers.hot]\nkind='filesystem'\npath='x'\n", "ingest.tier", "no tier named 'cold'"),
         ("[tiers.c]\nkind='s3'\nbucket='ab'\n", "tiers.c.bucket", "at least 3"),
+        ("[catalog]\nsqlite_synchronous='off'\n[tiers.hot]\nkind='filesystem'\npath='x'\n",
+         "catalog.sqlite_synchronous", "'full' or 'normal'"),
     ],
-    ids=["negative-cost", "unknown-kind", "missing-path", "unknown-key", "bad-port", "no-tiers", "unknown-ingest-tier", "short-bucket"],
+    ids=["negative-cost", "unknown-kind", "missing-path", "unknown-key", "bad-port", "no-tiers", "unknown-ingest-tier",
+         "short-bucket", "sqlite-synchronous-off"],
 )
 def test_invalid_config_names_key(tmp_path: Path, text: str, key: str, problem: str) -> None:
     (tmp_path / "ilm.toml").write_text(text)

@@ -196,6 +196,10 @@ TierSettings = Annotated[
 
 class CatalogSettings(_Strict):
     url: str = ""
+    # SQLite only: "full" flushes the write-ahead log at every commit, so an instance ilm has
+    # answered for keeps its catalog row through a power failure; "normal" flushes it only at
+    # checkpoints (faster; the last commits may be lost, leaving files without rows).
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
 
 class IngestSettings(_Strict):
@@ -392,6 +396,10 @@ DEFAULT_CONFIG = """\
 # SQLAlchemy URL. Empty: an embedded SQLite file in ILM_HOME.
 # PostgreSQL: "postgresql+psycopg://user@127.0.0.1:5432/ilm"
 url = ""
+# SQLite only: "full" (default) flushes every commit to disk, so an instance ilm
+# has answered for keeps its catalog row through a power failure; "normal" is
+# faster and may lose the last commits on a power failure (docs/operations.md).
+sqlite_synchronous = "full"
 
 [ingest]
 # The tier new instances are written to (default: the first tier below).

@@ -211,7 +211,8 @@ class ArchiveService:
 
     def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
         self.settings = settings
-        self.catalog = catalog or Catalog.open(settings.catalog_url)
+        self.catalog = catalog or Catalog.open(settings.catalog_url,
+                                               sqlite_synchronous=settings.catalog.sqlite_synchronous)
         self._tiers: dict[str, Tier] = {}
         self._tier_lock = threading.Lock()
         self._sop_lock = _KeyLocks()

@@ -23,8 +23,8 @@ class Catalog:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, *, upgrade: bool = True) -> "Catalog":
-        engine = create_catalog_engine(url)
+    def open(cls, url: str, *, upgrade: bool = True, sqlite_synchronous: str = "full") -> "Catalog":
+        engine = create_catalog_engine(url, sqlite_synchronous=sqlite_synchronous)
         if upgrade:
             migrate(engine)
         return cls(engine)

@@ -17,7 +17,7 @@ __all__ = ["create_catalog_engine", "migrate", "MIGRATIONS"]
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, synchronous: str) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin, so that
@@ -26,7 +26,9 @@ def _sqlite_setup(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: each commit's write-ahead log is flushed before the commit returns (durable);
+        # NORMAL: flushed at checkpoints only (catalog.sqlite_synchronous).
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -36,15 +38,18 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
 
 
-def create_catalog_engine(url: str) -> Engine:
-    """An engine for ``url`` (sqlite:///... or postgresql+psycopg://...)."""
+def create_catalog_engine(url: str, *, sqlite_synchronous: str = "full") -> Engine:
+    """An engine for ``url`` (sqlite:///... or postgresql+psycopg://...); ``sqlite_synchronous``
+    ("full" or "normal") is SQLite's PRAGMA synchronous."""
+    if sqlite_synchronous not in ("full", "normal"):
+        raise CatalogError(f"sqlite_synchronous must be 'full' or 'normal', not {sqlite_synchronous!r}")
     try:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, pool_size=8, max_overflow=16, pool_timeout=60)
-            _sqlite_setup(engine)
+            _sqlite_setup(engine, sqlite_synchronous.upper())
         else:
             engine = create_engine(url, pool_size=8, max_overflow=16, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
