@@ -1208,7 +1208,24 @@ def catalog_state_and_tier_bytes(conn: Connection, tiers: Sequence[str]) -> tupl
 # ---- a stored plan's totals ----------------------------------------------------------------
 
 
+_ACTION_COLUMNS = ("study_uid", "decision", "target_tier", "rule_id", "vetoes", "fingerprint", "instance_count",
+                   "size_bytes", "state", "reason")
+
+
 def insert_actions(conn: Connection, plan_id: str, actions: list[dict[str, Any]]) -> None:
+    """Rows of plan_actions (each action: the values of _ACTION_COLUMNS, text and integers)."""
+    if conn.dialect.name == "sqlite":
+        # The driver's own executemany on the same connection and transaction: plain tuples, none of
+        # SQLAlchemy's per-row parameter processing (which these columns do not need).
+        names = ", ".join(("plan_id",) + _ACTION_COLUMNS)
+        marks = ", ".join("?" * (len(_ACTION_COLUMNS) + 1))
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cur.executemany(f"INSERT INTO plan_actions ({names}) VALUES ({marks})",
+                            [(plan_id, *[a[c] for c in _ACTION_COLUMNS]) for a in actions])
+        finally:
+            cur.close()
+        return
     for i in range(0, len(actions), _FETCH):
         conn.execute(plan_actions.insert(), [dict(a, plan_id=plan_id) for a in actions[i:i + _FETCH]])
 

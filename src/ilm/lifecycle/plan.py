@@ -40,7 +40,7 @@ from ilm.catalog.audit import append_audit
 from ilm.catalog.facts import load_policy_inputs
 from ilm.catalog.plans import PlanRow, fingerprint_text, insert_plan, study_tier_bytes
 from ilm.catalog.policy_sql import (
-    NotCompilable, SqlPlan, action_lines, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
+    NotCompilable, PureChunk, SqlPlan, action_lines, catalog_state_and_tier_bytes, consistent_read, decision_of_code, discarded,
     evaluate_chunk, finish_plan, insert_actions, no_rule_decision, plan_decision_rows, plan_in_sql, same_snapshot,
 )
 from ilm.config import Settings
@@ -163,6 +163,16 @@ def _action(d: Decision, study: StudyFacts) -> dict[str, Any]:
         fingerprint=fingerprint(study), instance_count=study.instance_count, size_bytes=study.size_bytes,
         state="pending" if d.action is not Action.KEEP else "kept", reason=d.reason,
     )
+
+
+def _with_actions(pairs: Iterable[tuple[Decision, StudyFacts]]) -> list[tuple[Decision, dict[str, Any] | None]]:
+    """Each decision with its plan_actions row (None: the plan does not store it)."""
+    return [(d, _action(d, study) if _acts(d) else None) for d, study in pairs]
+
+
+def _evaluate_rows(policy: Policy, chunk: PureChunk, as_of: date) -> list[tuple[Decision, dict[str, Any] | None]]:
+    """The pure decisions of a chunk with their plan_actions rows (no I/O: runs in the plan's second thread)."""
+    return _with_actions(evaluate_chunk(policy, chunk, as_of))
 
 
 def _acts(d: Decision) -> bool:
@@ -298,7 +308,7 @@ class _EvaluatedAhead:
 
     def __init__(self, sql: SqlPlan, pool: ThreadPoolExecutor, policy: Policy, as_of: date) -> None:
         self._sql, self._pool, self._policy, self._as_of = sql, pool, policy, as_of
-        self._futures: list[Future[list[tuple[Decision, StudyFacts]]]] = []
+        self._futures: list[Future[list[tuple[Decision, dict[str, Any] | None]]]] = []
         self._count = 0
         self._started = False
         self._upto: int | None = None  # every study up to this id is evaluated ahead (None: all, once started)
@@ -307,18 +317,18 @@ class _EvaluatedAhead:
         if self._count >= _AHEAD:
             return
         for chunk in self._sql.pure_chunks(lo=lo, hi=hi):
-            self._futures.append(self._pool.submit(evaluate_chunk, self._policy, chunk, self._as_of))
+            self._futures.append(self._pool.submit(_evaluate_rows, self._policy, chunk, self._as_of))
             self._count += len(chunk.rows)
         self._started, self._upto = True, hi
 
-    def stream(self) -> Iterator[tuple[Decision, StudyFacts]]:
-        """Every decision, in study id order."""
+    def stream(self) -> Iterator[tuple[Decision, dict[str, Any] | None]]:
+        """Every decision with its plan_actions row (None: not stored), in study id order."""
         for f in self._futures:
             yield from f.result()
         if self._started and self._upto is None:
             return
         for c in self._sql.pure_chunks(lo=self._upto if self._started else None):
-            yield from evaluate_chunk(self._policy, c, self._as_of)
+            yield from _evaluate_rows(self._policy, c, self._as_of)
 
 
 def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_of: date, created_by: str,
@@ -373,18 +383,18 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
                 # last range. (Not a fetch of many rows: the driver takes the lock back at every row, and
                 # waits for the thread each time.)
                 sums, moved = sql.totals()
-                stream: Iterator[tuple[Decision, StudyFacts]] = ahead.stream()
+                stream: Iterable[tuple[Decision, dict[str, Any] | None]] = ahead.stream()
             else:
-                stream = with_cooling(sql.stream(), conn, settings, as_of)
+                stream = _with_actions(with_cooling(sql.stream(), conn, settings, as_of))
                 sums, moved = {}, []
             known: list[Decision] = []
             actions: list[dict[str, Any]] = []
             vetoed: dict[str, int] = defaultdict(int)
             unknown: dict[str, int] = defaultdict(int)
-            for d, study in stream:
+            for d, stored in stream:
                 known.append(d)
-                if _acts(d):
-                    actions.append(_action(d, study))
+                if stored is not None:
+                    actions.append(stored)
                 for v in d.vetoes:
                     vetoed[v.protection] += 1
                 for u in d.unknown:
