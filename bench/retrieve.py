@@ -19,9 +19,11 @@ Orthanc (REST upload), the same files in the same round.
   /proc) and of the receiver around each run, per instance: less sensitive to
   the load of this shared machine than the rates, and it says where the time
   goes (a C-STORE sub-operation waits for its response before the next).
-- C-GET: dcmtk ``getscu`` of the same study, writing files. dcmtk's receiver
-  spends 50-70 ms per 512 KB instance on these machines, so this bounds both
-  servers alike: figures only.
+- C-GET: dcmtk ``getscu`` of the same study, writing files: figures only.
+  ilm's C-GET went from about 15 to 167-175 instances/s when its accepted
+  associations began to send with TCP_NODELAY and acknowledge at once, and
+  its C-STOREs to be framed ahead (docs/dicom.md); Orthanc's stays at about
+  20/s.
 
 Per round both servers and the destination run at once; each operation gets
 one untimed warm-up per server, then 3 timed runs alternating between the
@@ -277,22 +279,24 @@ def render(res: dict[str, Any]) -> str:
     out.append("Same-round ratios (instances/s):\n\n" + table(
         ["ratio", "value", "target"],
         [("C-MOVE: ilm / Orthanc", ratio_cell(_ratios(res, "move")), target_cell(_ratios(res, "move"), TARGET)),
-         ("C-GET: ilm / Orthanc (dcmtk's receiver bounds both)", ratio_cell(_ratios(res, "get")), "figures only"),
+         ("C-GET: ilm / Orthanc", ratio_cell(_ratios(res, "get")), "figures only"),
          ("C-MOVE: ilm / pynetdicom's own send loop (the same files to the same receiver)",
           ratio_cell(_ratios(res, "move", "pynetdicom")), "reference"),
          ("pynetdicom's send loop / Orthanc's C-MOVE", ratio_cell(_pair(res, "pynetdicom/move", "orthanc/move")),
           "reference")]))
-    out.append("ilm's C-MOVE SCP is pynetdicom's: for every instance pynetdicom sends the C-STORE, waits for its "
-               "response and sends a pending C-MOVE response; ilm resolves the study, hashes each file against "
-               "the catalog on read-ahead threads and has pynetdicom send the file as it is (ilm.dicom.sending). "
-               "The reference row sends the same files by path with pynetdicom alone, without C-MOVE: it bounds "
-               "what a pynetdicom-based sender reaches here. CPU: user + system time of the sending process "
-               "(the bench process itself for the reference) and of the receiver, per instance, from /proc "
-               "around each run; the C-STOREs are one at a time, so the sender's time per sub-operation adds "
-               "to the receiver's. Where ilm's time goes: pynetdicom's DIMSE layer builds every C-STORE request, "
-               "its file meta and every pending C-MOVE response as pydicom datasets in Python, and its threads "
-               "poll; Orthanc's C++ sender spends a fraction of that CPU per instance (the sender CPU column), "
-               "which is the gap between the two rows.")
+    out.append("The C-STOREs of a move go one at a time, each waiting for the receiver's answer, so whatever the "
+               "sender does between an answer and the next request adds to every instance. ilm's C-MOVE SCP is "
+               "pynetdicom's, with the sub-operations sent by ilm (ilm.dicom.store_wire): read-ahead threads read "
+               "each instance, check it against the catalog's SHA-256 and cut its data set into PDUs of at most "
+               "128 KiB; when its turn comes only the command set is encoded and the PDUs are written; the "
+               "sub-association's DUL thread wakes on the answer instead of polling; Pending C-MOVE responses go "
+               "at most every 0.25 s (docs/dicom.md). The reference row sends the same files by path with "
+               "pynetdicom's own send_c_store loop, without C-MOVE. CPU: user + system time of the sending "
+               "process (the bench process itself for the reference) and of the receiver, per instance, from "
+               "/proc around each run. The receiver's CPU per instance depends on the sender: pynetdicom's "
+               "storescp reads a PDU with recv() calls that each allocate what is still missing, so one 512 KB "
+               "PDU per instance (pynetdicom's loop, to a receiver that accepts any length) costs it about 1 ms "
+               "more than 128 KiB PDUs (what ilm sends).")
     errors = [f"- round {i + 1} {k}: {row.get('error', '')[:300]}" for i, rd in enumerate(res["rounds"])
               for k, row in rd.items() if not row.get("ok")]
     if errors:
