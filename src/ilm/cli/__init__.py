@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 the work ran but something failed (rejected files),
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 
@@ -21,4 +22,11 @@ for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # The process ends here: the objects alive now are left to the exit instead of being walked
+        # by the collector again and again while the interpreter tears its modules down (0.25 s after
+        # an ilm plan over a million studies, a tenth of its wall time). Files and connections are
+        # closed by then; nothing runs in the background any more.
+        gc.freeze()
