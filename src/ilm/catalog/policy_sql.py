@@ -991,16 +991,39 @@ class SqlPlan:
                 return
             last = int(rows[-1].id)
             self.pure_evaluated += len(rows)
-            yield PureChunk(rows, self._patient_rows(sorted({r.patient_pk for r in rows})),
-                            study_locks(self.conn, [r.study_uid for r in rows]), self.study_holds, self.patient_holds)
+            yield self._chunk(self.conn, rows)
             if len(rows) < size:
                 return
 
-    def _patient_rows(self, pks: list[int]) -> list[Any]:
+    def pure_ids(self, lo: int | None = None, hi: int | None = None) -> list[list[int]]:
+        """The ids of the studies the SQL left to the pure code (of ``lo < id <= hi`` if given), in order,
+        in chunks of the size :meth:`pure_chunks` reads."""
+        r = plan_rule_actions.c
+        q = select(r.study_pk).where(self._rows(), r.code < 0, *_id_range(r.study_pk, lo, hi)).order_by(r.study_pk)
+        ids = [int(i) for i in self.conn.execute(q).scalars()]
+        return [ids[i:i + _PURE_CHUNK] for i in range(0, len(ids), _PURE_CHUNK)]
+
+    def read_chunk(self, conn: Connection, ids: list[int]) -> PureChunk:
+        """The chunk :meth:`pure_chunks` reads for these studies (ids in order), read on ``conn``: this
+        plan's connection, or one that sees the same snapshot (only catalog tables are read), in another
+        thread."""
+        s = studies.c
+        src = studies.join(patients, patients.c.id == s.patient_pk)
+        rows: list[Any] = []
+        for i in range(0, len(ids), _FETCH):
+            rows.extend(conn.execute(select(*_FACT_COLUMNS).select_from(src)
+                                     .where(s.id.in_(ids[i:i + _FETCH])).order_by(s.id)))
+        return self._chunk(conn, rows)
+
+    def _chunk(self, conn: Connection, rows: list[Any]) -> PureChunk:
+        return PureChunk(rows, self._patient_rows(sorted({r.patient_pk for r in rows}), conn),
+                         study_locks(conn, [r.study_uid for r in rows]), self.study_holds, self.patient_holds)
+
+    def _patient_rows(self, pks: list[int], conn: Connection | None = None) -> list[Any]:
         s = studies.c
         out: list[Any] = []
         for i in range(0, len(pks), _FETCH):
-            out.extend(self.conn.execute(
+            out.extend((conn or self.conn).execute(
                 select(s.study_uid, s.study_date, s.modalities, s.sop_classes, s.body_parts,
                        patients.c.patient_id, patients.c.issuer)
                 .join(patients, patients.c.id == s.patient_pk)

@@ -304,10 +304,16 @@ _AHEAD = 60_000
 
 
 class _EvaluatedAhead:
-    """The pure evaluation of the studies the SQL left, range by range as :meth:`SqlPlan.decide` completes them."""
+    """The pure evaluation of the studies the SQL left, range by range as :meth:`SqlPlan.decide` completes them.
 
-    def __init__(self, sql: SqlPlan, pool: ThreadPoolExecutor, policy: Policy, as_of: date) -> None:
-        self._sql, self._pool, self._policy, self._as_of = sql, pool, policy, as_of
+    The plan's connection lists a range's studies (their codes are rows it has not committed); their facts
+    are read, on ``reader`` (a connection that sees the same snapshot) when there is one, and evaluated in
+    the pool's thread, while the plan's connection decides the next range.
+    """
+
+    def __init__(self, sql: SqlPlan, pool: ThreadPoolExecutor, policy: Policy, as_of: date,
+                 reader: Any) -> None:
+        self._sql, self._pool, self._policy, self._as_of, self._reader = sql, pool, policy, as_of, reader
         self._futures: list[Future[list[tuple[Decision, dict[str, Any] | None]]]] = []
         self._count = 0
         self._started = False
@@ -316,10 +322,19 @@ class _EvaluatedAhead:
     def decided(self, lo: int | None, hi: int | None) -> None:
         if self._count >= _AHEAD:
             return
-        for chunk in self._sql.pure_chunks(lo=lo, hi=hi):
-            self._futures.append(self._pool.submit(_evaluate_rows, self._policy, chunk, self._as_of))
-            self._count += len(chunk.rows)
+        for part in self._sql.pure_ids(lo, hi):
+            self._sql.pure_evaluated += len(part)
+            self._count += len(part)
+            if self._reader is None:
+                chunk = self._sql.read_chunk(self._sql.conn, part)
+                self._futures.append(self._pool.submit(_evaluate_rows, self._policy, chunk, self._as_of))
+            else:
+                self._futures.append(self._pool.submit(self._read_and_evaluate, part))
         self._started, self._upto = True, hi
+
+    def _read_and_evaluate(self, ids: list[int]) -> list[tuple[Decision, dict[str, Any] | None]]:
+        assert self._reader is not None
+        return _evaluate_rows(self._policy, self._sql.read_chunk(self._reader, ids), self._as_of)
 
     def stream(self) -> Iterator[tuple[Decision, dict[str, Any] | None]]:
         """Every decision with its plan_actions row (None: not stored), in study id order."""
@@ -363,7 +378,7 @@ def _plan_in_sql(catalog: Catalog, settings: Settings, source: PolicySource, as_
         with same_snapshot(conn) as other, nullcontext() if store else discarded(conn):
             scan = None if other is None else pool.submit(catalog_state_and_tier_bytes, other, tiers)
             written = not cooling_enabled(settings)
-            ahead = _EvaluatedAhead(sql, pool, source.policy, as_of)
+            ahead = _EvaluatedAhead(sql, pool, source.policy, as_of, other)
             try:
                 sql.decide(_DECIDE_PARTS if conn.dialect.name == "sqlite" else 1, ahead.decided if written else None)
             except NotCompilable:
