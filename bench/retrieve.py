@@ -294,7 +294,7 @@ def render(res: dict[str, Any]) -> str:
                "pynetdicom's own send_c_store loop, without C-MOVE. CPU: user + system time of the sending "
                "process (the bench process itself for the reference) and of the receiver, per instance, from "
                "/proc around each run. The receiver's CPU per instance depends on the sender: pynetdicom's "
-               "storescp reads a PDU with recv() calls that each allocate what is still missing, so one 512 KB "
+               "storescp reads a PDU in 4 KB recv() calls and copies it whole several times before decoding, so one 512 KB "
                "PDU per instance (pynetdicom's loop, to a receiver that accepts any length) costs it about 1 ms "
                "more than 128 KiB PDUs (what ilm sends).")
     errors = [f"- round {i + 1} {k}: {row.get('error', '')[:300]}" for i, rd in enumerate(res["rounds"])
