@@ -264,8 +264,8 @@ def render(res: dict[str, Any]) -> str:
         "`evaluate()` only the studies it cannot decide with certainty (a protection that vetoes, a missing "
         "fact, a hold): about 2 % of the studies with the Texas template (patients with an undated study), none "
         "with the tiering one. Beside the main statement a second thread reads the catalog totals (on a second "
-        "connection, same snapshot) and evaluates the studies left to Python while the database sums its own "
-        "actions. `ilm plan` imports only what a plan uses (no DICOM, web, S3 or Alembic stack)"
+        "connection, same snapshot); on SQLite the studies are decided in four ranges of ids, and the second "
+        "thread reads and evaluates a range's studies left to Python while the database decides the next. `ilm plan` imports only what a plan uses (no DICOM, web, S3 or Alembic stack)"
         + ("; the processes run with Python's bytecode cache, as an installed ilm does (this machine's "
            "PYTHONDONTWRITEBYTECODE made each run compile ilm's sources again, about 0.6 s). "
            if res.get("bytecode_cache") else ". ") +
