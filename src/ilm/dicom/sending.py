@@ -46,9 +46,7 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from io import BytesIO
@@ -66,6 +64,7 @@ from ilm.errors import StorageError
 from ilm.storage.filesystem import CheckedFile
 
 from ilm.dicom.prompt import DUL_IDLE_SECONDS, ended
+from ilm.dicom.store_answer import SendingSocket
 from ilm.dicom.store_wire import Framed, frame_dataset, send_framed, send_pdu_length
 
 if TYPE_CHECKING:
@@ -252,40 +251,16 @@ class _SendingAssociation(Association):
                 return
 
 
-class _WaitingSocket(AssociationSocket):
-    """The sub-association's socket, whose ``ready`` (asked by the DUL loop on each pass)
-    waits up to ``_LOOK_SECONDS`` for data instead of answering at once. With the loop's
-    sleep set to 0, the DUL thread then sleeps in select() on the socket and wakes the
-    moment an answer arrives, rather than every 0.2 ms to look (5,000 passes a second, each
-    taking the GIL from the threads reading and framing the next instances). What the DUL
-    is given to send (release, abort) waits at most ``_LOOK_SECONDS``, as in pynetdicom;
-    the C-STOREs themselves are written by the sending thread (ilm.dicom.store_wire)."""
-
-    @property
-    def ready(self) -> bool:
-        sock = self.socket
-        if sock is None or self._is_connected is False:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True
-        try:
-            ready, _, _ = select.select([sock], [], [], _LOOK_SECONDS)
-        except (OSError, TimeoutError, ValueError):
-            self.event_queue.put("Evt17")  # the transport connection closed
-            return False
-        return bool(ready)
-
-
 def sending_association(event: "Event") -> None:
     """EVT_ESTABLISHED of a C-MOVE sub-association (its loop not started yet): make it send
     files (``send_files_over``), start each C-STORE at once (``_SendingAssociation``), pick
-    up each answer the moment it arrives instead of pynetdicom's 1 ms polls (``_WaitingSocket``),
-    and send without Nagle's delay (TCP_NODELAY)."""
+    up each answer the moment it arrives instead of pynetdicom's 1 ms polls, reading it itself
+    (ilm.dicom.store_answer), and send without Nagle's delay (TCP_NODELAY)."""
     assoc = event.assoc
     if type(assoc) is Association and assoc.is_requestor:
         assoc.__class__ = _SendingAssociation
         if type(assoc.dul.socket) is AssociationSocket:
-            assoc.dul.socket.__class__ = _WaitingSocket
+            SendingSocket.install(assoc.dul.socket)
             assoc.dul._run_loop_delay = 0.0
         else:
             assoc.dul._run_loop_delay = DUL_IDLE_SECONDS

@@ -40,10 +40,12 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import P_DATA
+
+from ilm.dicom.store_answer import SendingSocket, read_answer
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -180,10 +182,11 @@ def send_framed(assoc: "Association", framed: Framed, sop_class_uid: str, sop_in
     dataset pynetdicom's ``send_c_store`` returns (empty, with the association aborted,
     when no answer came within the DIMSE timeout).
 
-    ``direct``: written to the socket by this thread. Only for an association that carries
-    nothing else while it sends (a C-MOVE's sub-association): otherwise a PDU the DUL thread
-    is writing (a C-GET's pending response) could be cut in two. Without it the framed PDUs
-    go through the DUL's queue."""
+    ``direct``: written to the socket by this thread, and on a ``SendingSocket`` the answer
+    read from it by this thread too (ilm.dicom.store_answer). Only for an association that
+    carries nothing else while it sends (a C-MOVE's sub-association): otherwise a PDU the DUL
+    thread is writing (a C-GET's pending response) could be cut in two. Without it the framed
+    PDUs go through the DUL's queue and the answer comes through pynetdicom's DIMSE queue."""
     if not assoc.is_established:
         raise RuntimeError("The association with a peer SCP must be established before sending a C-STORE request")
     command = frame(command_set(msg_id, sop_class_uid, sop_instance_uid, priority, originator_aet, originator_id),
@@ -194,12 +197,21 @@ def send_framed(assoc: "Association", framed: Framed, sop_class_uid: str, sop_in
     try:
         while not assoc._is_paused:
             time.sleep(0.0001)
+        wrapper = assoc.dul.socket
+        pdus_before = wrapper._ilm_pdus if isinstance(wrapper, SendingSocket) else 0
         _write(assoc, command, framed, direct)
-        _, rsp = assoc.dimse.get_msg(block=True)
+        got, answer = (read_answer(assoc, framed.context_id, msg_id, pdus_before, assoc.dimse_timeout)
+                       if direct else (False, None))
+        if got:
+            if answer is not None:
+                return answer
+            rsp = None  # nothing came within the DIMSE timeout
+        else:
+            _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
-    status: Any = assoc._check_received_status(rsp)
-    return status  # type: ignore[no-any-return]
+    status: Dataset = assoc._check_received_status(rsp)
+    return status
