@@ -24,10 +24,10 @@ here, per instance), on the path of every sub-operation of a C-MOVE.
   DUL's handling of it is pynetdicom's.
 
 The two threads never read at the same time: the DUL takes a lock in
-``ready`` and keeps it until it has read the PDU that made the socket
-ready; the sender announces that it wants to read (the DUL then stops
-taking the lock), takes it, and falls back to the DIMSE queue if the DUL
-read any PDU since the request was written. Not over TLS: an OpenSSL
+``ready`` (or, for a read begun before ``install``, in ``recv``) and keeps it
+until it has read the whole PDU; the sender announces that it wants to read
+(the DUL then stops taking the lock in ``ready``), takes it, and falls back
+to the DIMSE queue if the DUL read any PDU since the request was written. Not over TLS: an OpenSSL
 connection is not read by one thread while another writes it.
 """
 
@@ -102,8 +102,15 @@ class SendingSocket(AssociationSocket):
                 self._ilm_reads.release()
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """The DUL's reads of one PDU (header, then body); the read lock is let go after the last."""
+        """The DUL's reads of one PDU (header, then body); the read lock is let go after the last.
+
+        A read that did not come through this class's ``ready`` (a pass of the DUL loop that
+        had asked pynetdicom's own ``ready`` just before ``install``, and found the answer there
+        once the thread ran again) takes the lock here first: the sender is never reading then."""
         step = self._ilm_step
+        if step == 0:
+            self._ilm_reads.acquire()
+            step = self._ilm_step = 1
         last = True
         try:
             data = super().recv(nr_bytes)
@@ -111,13 +118,12 @@ class SendingSocket(AssociationSocket):
                 last = False  # pynetdicom reads the body next (a PDU length is never 0)
             return data
         finally:
-            if step:
-                if last:
-                    self._ilm_step = 0
-                    self._ilm_pdus += 1
-                    self._ilm_reads.release()
-                else:
-                    self._ilm_step = 2
+            if last:
+                self._ilm_step = 0
+                self._ilm_pdus += 1
+                self._ilm_reads.release()
+            else:
+                self._ilm_step = 2
 
 
 def parse_answer(pdu: bytes, context_id: int, msg_id: int) -> Dataset | None:
