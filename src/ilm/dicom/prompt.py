@@ -40,6 +40,7 @@ C-GET does) works as in pynetdicom.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import select
@@ -98,10 +99,9 @@ class _PromptDUL(DULServiceProvider):
         super().send_pdu(primitive)
         wake = self._wake
         if wake is not None:
-            try:
+            # OSError: full (a wake-up is pending anyway) or closed (the loop ended)
+            with contextlib.suppress(OSError):
                 wake[1].send(b"\0")
-            except OSError:  # full (a wake-up is pending anyway) or closed (the loop ended)
-                pass
 
     def _idle(self) -> None:
         """Wait for data from the peer, something to send, or ``_LOOK_SECONDS``."""
@@ -118,11 +118,9 @@ class _PromptDUL(DULServiceProvider):
             time.sleep(self._run_loop_delay)
             return
         if wake[0] in ready:
-            try:
+            with contextlib.suppress(OSError):  # raised once drained (would block)
                 while wake[0].recv(4096):
-                    pass
-            except OSError:  # drained (would block)
-                pass
+                    continue
 
     def run(self) -> None:
         """The thread's body: this class's loop (the thread's target was bound to pynetdicom's
@@ -264,10 +262,8 @@ _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 def _quickack(sock: socket.socket) -> None:
     """Acknowledge what has arrived now, and the next segments at once too (Linux)."""
     if _QUICKACK is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-        except OSError:
-            pass
 
 
 class _PromptSocket(AssociationSocket):
@@ -307,8 +303,6 @@ def prompt_association(event: "Event") -> None:
         sock = dul.socket
         if type(sock) is AssociationSocket and sock.socket is not None:
             sock.__class__ = _PromptSocket
-            try:
+            with contextlib.suppress(OSError):
                 sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
             _quickack(sock.socket)
