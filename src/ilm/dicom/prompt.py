@@ -152,9 +152,7 @@ class _PromptDUL(DULServiceProvider):
             if self.artim_timer.expired:  # its event goes ahead of any other of this pass
                 self.event_queue.put("Evt18")
             try:  # either send one primitive or receive one PDU per pass
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
+                if not self._process_recv_primitive() and self._is_transport_event():
                     self._idle_timer.restart()
             except Exception as exc:
                 log.error("Exception in DUL.run(), aborting association")
